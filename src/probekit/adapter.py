@@ -1,0 +1,216 @@
+"""The model adapter: a real ``nn.Module`` plus canonical layer names and its input transform."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probekit.capture import CapturePoint, call_model, capture
+
+LAYER_KINDS = ("image", "map", "tokens", "vector", "logits", "state", "other")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A probe-able layer.
+
+    Attributes:
+        name: canonical name used in specs (``block.3``, ``features.3``).
+        kind: ``image`` (CHW pixels), ``map`` (CHW feature map), ``tokens``
+            (sequence x width), ``vector``, ``logits``, ``state`` or ``other``.
+        shape: shape of one example's state (no batch dimension).
+        module: the module path hooked to read it.
+        meta: extra facts for probes (patch grid, token counts, ...).
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    module: str = ""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "module": self.module,
+                **({"meta": self.meta} if self.meta else {})}
+
+
+def kind_of(shape: Sequence[int]) -> str:
+    """A default layer kind from a per-example shape."""
+    if len(shape) == 3:
+        return "map"
+    if len(shape) == 2:
+        return "tokens"
+    if len(shape) == 1:
+        return "vector"
+    return "other"
+
+
+class ModelAdapter:
+    """Base class of model adapters.
+
+    Subclasses set :attr:`model` and :attr:`input_shape`, and implement
+    :meth:`capture_points` (canonical layer name -> where to hook). The base
+    class provides :meth:`capture`, :meth:`layers` (shapes found by one forward
+    on a dummy batch), normalisation in :meth:`preprocess` / :meth:`postprocess`,
+    and a :meth:`fingerprint` of the weights for cache keys.
+    """
+
+    #: the wrapped model from its own library
+    model: nn.Module
+    #: (C, H, W) of the images the model takes
+    input_shape: tuple[int, int, int] = (3, 224, 224)
+    #: per-channel normalisation applied by :meth:`preprocess`
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    #: resize interpolation of :meth:`preprocess` when an image's size differs
+    interpolation: str = "bilinear"
+    #: short name of the adapter type (``module``, ``vit``, ...)
+    type_name: str = "model"
+
+    _layers: list[Layer] | None = None
+
+    # -- to implement -------------------------------------------------------
+    def capture_points(self) -> dict[str, CapturePoint]:
+        """Canonical layer name -> :class:`CapturePoint`, in depth order."""
+        raise NotImplementedError
+
+    def layer_kinds(self) -> dict[str, str]:
+        """Optional kinds for layers whose kind cannot be told from the shape."""
+        return {}
+
+    def layer_meta(self, name: str, shape: tuple[int, ...]) -> dict[str, Any]:
+        """Optional metadata of a layer (patch grid, token counts, ...)."""
+        return {}
+
+    # -- provided -----------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> ModelAdapter:
+        self.model.to(device)
+        return self
+
+    def forward(self, inputs: Any) -> Any:
+        """Call the model on model-ready inputs."""
+        return call_model(self.model, inputs)
+
+    def logits(self, output: Any) -> torch.Tensor:
+        """Class logits from a model output (for training and accuracy)."""
+        if isinstance(output, torch.Tensor):
+            return output
+        for key in ("logits", "pred_logits"):
+            if hasattr(output, key):
+                return getattr(output, key)
+        raise TypeError(f"{type(self).__name__}: cannot find class logits in a {type(output).__name__}")
+
+    def example_inputs(self, batch_size: int = 2) -> Any:
+        """Model-ready inputs of the right shape (zeros through :meth:`preprocess`)."""
+        return self.preprocess(torch.zeros(batch_size, *self.input_shape, device=self.device))
+
+    def layers(self) -> list[Layer]:
+        """The probe-able layers in depth order, with kind and per-example shape."""
+        if self._layers is None:
+            points = self.capture_points()
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    _, states = capture(self.model, self.example_inputs(), points)
+            finally:
+                self.model.train(was_training)
+            kinds = self.layer_kinds()
+            layers = []
+            for name, point in points.items():
+                shape = tuple(states[name].shape[1:])
+                layers.append(Layer(name, kinds.get(name, kind_of(shape)), shape, point.module,
+                                    self.layer_meta(name, shape)))
+            self._layers = layers
+        return list(self._layers)
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers():
+            if layer.name == name:
+                return layer
+        raise KeyError(self.unknown_layer_message(name))
+
+    def unknown_layer_message(self, name: str) -> str:
+        names = [layer.name for layer in self.layers()]
+        shown = ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
+        return f"unknown layer '{name}' of {self.type_name} model; its layers are: {shown}"
+
+    def capture(self, inputs: Any, layers: Sequence[str] | None = None, **kwargs: Any
+                ) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Run the model once on model-ready ``inputs``; return its output and the requested states.
+
+        ``layers=None`` captures every layer. The output equals ``self.model(inputs)``.
+        """
+        points = self.capture_points()
+        names = list(points) if layers is None else list(layers)
+        for name in names:
+            if name not in points:
+                raise KeyError(self.unknown_layer_message(name))
+        return capture(self.model, inputs, {n: points[n] for n in names}, forward=self._forward_fn(),
+                       **kwargs)
+
+    def _forward_fn(self):  # noqa: ANN202 - small indirection so subclasses can change the call
+        return lambda model, inputs: self.forward(inputs)
+
+    # -- input transform -------------------------------------------------------
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = x.shape[1]
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)
+        if mean.numel() == 1:
+            mean, std = mean.expand(c), std.expand(c)
+        return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (NCHW) -> model inputs: channels and size matched, then normalised."""
+        x = images
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        c, h, w = self.input_shape
+        if x.shape[1] != c:
+            if x.shape[1] == 1:
+                x = x.expand(-1, c, -1, -1)
+            elif c == 1 and x.shape[1] == 3:
+                x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+            else:
+                raise ValueError(f"{self.type_name} model takes {c}-channel images, got {x.shape[1]} channels")
+        if tuple(x.shape[-2:]) != (h, w):
+            antialias = self.interpolation in ("bilinear", "bicubic")
+            x = F.interpolate(x, size=(h, w), mode=self.interpolation, antialias=antialias,
+                              **({} if self.interpolation == "nearest" else {"align_corners": False}))
+        mean, std = self._stats(x)
+        return (x - mean) / std
+
+    def postprocess(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Model inputs (or reconstructions of them) -> images in [0, 1] space (undoes the normalisation)."""
+        mean, std = self._stats(inputs)
+        return inputs * std + mean
+
+    def describe_preprocessing(self) -> dict[str, Any]:
+        return {"input_shape": list(self.input_shape), "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
+
+    def fingerprint(self) -> str:
+        """A hash of the model class, its weights and the preprocessing (for cache keys)."""
+        h = hashlib.sha256()
+        h.update(type(self.model).__qualname__.encode())
+        h.update(repr(self.describe_preprocessing()).encode())
+        for name, t in self.model.state_dict().items():
+            h.update(name.encode())
+            t = t.detach().cpu().contiguous()
+            h.update(str(t.dtype).encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()[:24]

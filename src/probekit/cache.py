@@ -1,0 +1,316 @@
+"""Feature cache: hidden states of a frozen model, stored once per input on disk.
+
+Each cached layer lives in its own folder, named by a key (a hash of model,
+weights, preprocessing, data and layer), as raw shards read through memory maps.
+Reads copy the requested rows out and drop the mapped pages again, so memory
+stays flat however large the cache grows. A layer is written into a temporary
+folder and renamed into place when complete, under a file lock, so runs that
+share a cache never see half-written data; each shard's SHA-256 is kept in the
+manifest and checked on first open (a damaged entry is rebuilt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+from probekit.checkpoint import write_json
+
+SHARD_BYTES = 64 * 2**20
+_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+
+
+def cache_key(**parts: Any) -> str:
+    """A stable hash of JSON-able key parts."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def default_cache_dir() -> Path:
+    """``$PROBEKIT_CACHE`` or ``~/.cache/probekit``."""
+    env = os.environ.get("PROBEKIT_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "probekit"
+
+
+class CachedArray:
+    """One cached layer: ``len()`` rows of a fixed shape, read by index through memory maps."""
+
+    def __init__(self, folder: Path, *, verify: bool = True):
+        self.folder = Path(folder)
+        manifest = json.loads((self.folder / "manifest.json").read_text())
+        self.shape: tuple[int, ...] = tuple(manifest["shape"])
+        self.dtype = np.dtype(_DTYPES[manifest["dtype"]])
+        self.rows_per_shard: int = manifest["rows_per_shard"]
+        self.length: int = manifest["length"]
+        self._shards: list[dict[str, Any]] = manifest["shards"]
+        self._row_bytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        self._maps: dict[int, tuple[Any, mmap.mmap]] = {}
+        if verify:
+            self.verify()
+
+    def verify(self) -> None:
+        """Check every shard's size and SHA-256 against the manifest."""
+        for shard in self._shards:
+            path = self.folder / shard["file"]
+            if not path.exists() or path.stat().st_size != shard["rows"] * self._row_bytes:
+                raise CorruptCacheError(f"cache shard {path} is missing or truncated")
+            if _sha256(path) != shard["sha256"]:
+                raise CorruptCacheError(f"cache shard {path} does not match its checksum")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _map(self, shard: int) -> mmap.mmap:
+        if shard not in self._maps:
+            f = open(self.folder / self._shards[shard]["file"], "rb")  # noqa: SIM115 - kept open with the map
+            size = self._shards[shard]["rows"] * self._row_bytes
+            mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else None
+            self._maps[shard] = (f, mm)
+        return self._maps[shard][1]
+
+    def rows(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+        """Rows at ``indices`` as a new array of shape ``(len(indices), *shape)``."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.length):
+            raise IndexError(f"index out of range for a cache of {self.length} rows")
+        out = np.empty((idx.size, *self.shape), dtype=self.dtype)
+        flat = out.reshape(idx.size, -1).view(np.uint8)
+        shards = idx // self.rows_per_shard
+        rb = self._row_bytes
+        for shard in np.unique(shards):
+            mm = self._map(int(shard))
+            where = np.nonzero(shards == shard)[0]
+            local = idx[where] - shard * self.rows_per_shard
+            buf = np.frombuffer(mm, dtype=np.uint8)
+            for j, r in zip(where.tolist(), local.tolist()):
+                flat[j] = buf[r * rb:(r + 1) * rb]
+            del buf
+            # Drop the pages we touched from this process's resident set: the OS page cache
+            # still holds them, but RSS stays flat however large the cache is.
+            mm.madvise(mmap.MADV_DONTNEED)
+        return out
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.rows([index])[0]
+
+    def close(self) -> None:
+        for f, mm in self._maps.values():
+            if mm is not None:
+                mm.close()
+            f.close()
+        self._maps.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for DataLoader workers
+        state = self.__dict__.copy()
+        state["_maps"] = {}
+        return state
+
+
+class CorruptCacheError(RuntimeError):
+    """A cache entry is damaged (it is deleted and rebuilt by :meth:`FeatureCache.get`)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Writer:
+    """Appends batches of rows to shards in a temporary folder."""
+
+    def __init__(self, folder: Path, dtype: str):
+        self.folder = folder
+        self.dtype_name = dtype
+        self.dtype = np.dtype(_DTYPES[dtype])
+        self.shape: tuple[int, ...] | None = None
+        self.rows_per_shard = 0
+        self.shards: list[dict[str, Any]] = []
+        self._file: Any = None
+        self._rows_in_shard = 0
+        self._hash: Any = None
+        self.length = 0
+
+    def _open_shard(self) -> None:
+        name = f"shard-{len(self.shards):05d}.bin"
+        self._file = open(self.folder / name, "wb")  # noqa: SIM115
+        self._hash = hashlib.sha256()
+        self.shards.append({"file": name, "rows": 0, "sha256": ""})
+        self._rows_in_shard = 0
+
+    def _close_shard(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self.shards[-1]["rows"] = self._rows_in_shard
+            self.shards[-1]["sha256"] = self._hash.hexdigest()
+            self._file = None
+
+    def append(self, batch: np.ndarray) -> None:
+        batch = np.ascontiguousarray(batch, dtype=self.dtype)
+        if self.shape is None:
+            self.shape = tuple(batch.shape[1:])
+            row_bytes = max(1, int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize)
+            self.rows_per_shard = max(1, SHARD_BYTES // row_bytes)
+        elif tuple(batch.shape[1:]) != self.shape:
+            raise ValueError(f"cache rows changed shape: {self.shape} then {tuple(batch.shape[1:])}")
+        start = 0
+        while start < len(batch):
+            if self._file is None or self._rows_in_shard >= self.rows_per_shard:
+                self._close_shard()
+                self._open_shard()
+            take = min(len(batch) - start, self.rows_per_shard - self._rows_in_shard)
+            data = batch[start:start + take].tobytes()
+            self._file.write(data)
+            self._hash.update(data)
+            self._rows_in_shard += take
+            self.length += take
+            start += take
+
+    def finish(self, extra: Mapping[str, Any]) -> None:
+        self._close_shard()
+        write_json(self.folder / "manifest.json", {
+            "shape": list(self.shape or ()), "dtype": self.dtype_name, "rows_per_shard": self.rows_per_shard,
+            "length": self.length, "shards": self.shards, **extra})
+
+
+class FeatureCache:
+    """A folder of cached layers, shared safely by concurrent runs."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir() / "features"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def has(self, key: str) -> bool:
+        return (self.path(key) / "manifest.json").exists()
+
+    def open(self, key: str) -> CachedArray:
+        return CachedArray(self.path(key))
+
+    def get(self, keys: Mapping[str, str], compute: Callable[[Sequence[str]], Iterator[Mapping[str, Any]]],
+            *, dtype: str = "float32", info: Mapping[str, Any] | None = None) -> dict[str, CachedArray]:
+        """Cached arrays for ``keys`` (name -> cache key), computing the missing ones in one pass.
+
+        ``compute(names)`` yields batches as ``{name: array or tensor}`` for the
+        requested names, in dataset order.
+        """
+        result: dict[str, CachedArray] = {}
+        missing = []
+        for name, key in keys.items():
+            try:
+                if self.has(key):
+                    result[name] = self.open(key)
+                    continue
+            except (CorruptCacheError, json.JSONDecodeError, KeyError, OSError):
+                shutil.rmtree(self.path(key), ignore_errors=True)
+            missing.append(name)
+        if not missing:
+            return result
+        locks = [FileLock(str(self.root / f"{keys[n]}.lock")) for n in sorted(missing, key=lambda n: keys[n])]
+        for lock in locks:
+            lock.acquire()
+        try:
+            still = [n for n in missing if not self.has(keys[n])]
+            if still:
+                self._write({n: keys[n] for n in still}, compute, dtype, info or {})
+            for n in missing:
+                result[n] = self.open(keys[n])
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+        return result
+
+    def _write(self, keys: Mapping[str, str], compute: Callable[[Sequence[str]], Iterator[Mapping[str, Any]]],
+               dtype: str, info: Mapping[str, Any]) -> None:
+        tmp = {n: self.root / f".{k}.{uuid.uuid4().hex[:8]}.tmp" for n, k in keys.items()}
+        writers: dict[str, _Writer] = {}
+        try:
+            for n, folder in tmp.items():
+                folder.mkdir(parents=True)
+                writers[n] = _Writer(folder, "int64" if n == "labels" else dtype)
+            for batch in compute(list(keys)):
+                for n in keys:
+                    value = batch[n]
+                    if isinstance(value, torch.Tensor):
+                        value = value.detach().cpu().numpy()
+                    writers[n].append(value)
+            for n, key in keys.items():
+                writers[n].finish({"key": key, "layer": n, **info})
+                final = self.path(key)
+                if final.exists():  # written by another process meanwhile
+                    shutil.rmtree(tmp[n])
+                else:
+                    os.replace(tmp[n], final)
+        finally:
+            for folder in tmp.values():
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+class FeatureSet:
+    """Several cached layers of the same inputs, read together in batches.
+
+    ``batch(indices)`` returns ``{name: tensor}``; iterate an epoch with
+    :meth:`batches`.
+    """
+
+    def __init__(self, arrays: Mapping[str, CachedArray]):
+        self.arrays = dict(arrays)
+        lengths = {len(a) for a in self.arrays.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"cached layers differ in length: {lengths}")
+        self.length = lengths.pop() if lengths else 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.arrays[name].shape
+
+    def batch(self, indices: Sequence[int] | torch.Tensor, names: Sequence[str] | None = None,
+              device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")  # read in file order, return in the asked order
+        out = {}
+        for name in names or self.arrays:
+            rows = self.arrays[name].rows(idx[order])
+            back = np.empty_like(rows)
+            back[order] = rows
+            t = torch.from_numpy(back)
+            if t.dtype == torch.float16:
+                t = t.float()
+            out[name] = t.to(device) if device is not None else t
+        return out
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None,
+                names: Sequence[str] | None = None, device: torch.device | str | None = None
+                ) -> Iterator[dict[str, torch.Tensor]]:
+        """One epoch of batches, shuffled when ``generator`` is given."""
+        from probekit.training import batches_of
+
+        for idx in batches_of(self.length, batch_size, generator):
+            yield self.batch(idx, names, device)

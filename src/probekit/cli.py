@@ -1,0 +1,226 @@
+"""The ``probekit`` command line.
+
+Exit codes: 0 success; 2 bad usage or invalid spec (a message, no traceback);
+1 a run that failed. ``--help`` and ``plugins`` import neither torch nor any
+model library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # exit 2 with a one-line hint, as argparse does, but consistently
+        self.print_usage(sys.stderr)
+        print(f"probekit: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _version() -> str:
+    from probekit._version import __version__
+
+    return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="probekit", description="Probe what a neural network represents, layer by layer.")
+    p.add_argument("--version", action="version", version=f"probekit {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run a spec.yaml into a run directory")
+    r.add_argument("spec", help="path of the spec.yaml")
+    r.add_argument("-o", "--output", metavar="RUN_DIR", help="run directory (default: runs/<name>)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set probe.epochs=3 (repeatable)")
+    r.add_argument("--resume", action="store_true", help="continue a run directory where it stopped")
+    r.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    r.add_argument("--dry-run", action="store_true", help="show what the spec would do, without running")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines on stderr")
+
+    v = sub.add_parser("validate", help="check a spec and that its types are installed")
+    v.add_argument("spec")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    pl = sub.add_parser("plugins", help="list installed plugins, their hooks and what they provide")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+
+    ls = sub.add_parser("list", help="list registered models, probes, metrics, datasets or perturbations")
+    ls.add_argument("kind", choices=["models", "probes", "metrics", "datasets", "perturbations"])
+    ls.add_argument("--json", action="store_true")
+
+    sub.add_parser("schema", help="print the JSON Schema of spec.yaml (for editor completion)")
+
+    rep = sub.add_parser("report", help="regenerate report.md and report.html of a run directory")
+    rep.add_argument("run_dir")
+
+    cmp_ = sub.add_parser("compare", help="put the metrics of several runs side by side")
+    cmp_.add_argument("run_dirs", nargs="+")
+    cmp_.add_argument("-o", "--output", help="also write the table (CSV) and a figure (PNG) with this stem")
+    return p
+
+
+def _print_error(exc: BaseException) -> None:
+    print(f"error: {exc}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from probekit.errors import PluginError, SpecError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except SpecError as exc:
+        _print_error(exc)
+        return EXIT_USAGE
+    except PluginError as exc:
+        _print_error(exc)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from probekit.spec import load_spec
+
+    loaded = load_spec(args.spec, args.overrides)
+    parts = [f"probe '{loaded.spec.probe.type}'"]
+    if loaded.spec.model:
+        parts.append(f"model '{loaded.spec.model.type}'")
+    if loaded.spec.data:
+        parts.append(f"data '{loaded.spec.data.type}'")
+    print(f"{args.spec}: valid ({', '.join(parts)})")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from probekit.spec import load_spec
+
+    loaded = load_spec(args.spec, args.overrides)
+    if args.dry_run:
+        from probekit.dryrun import dry_run
+
+        print(dry_run(loaded))
+        return EXIT_OK
+    from probekit import runner
+    from probekit.errors import ProbekitError
+
+    prepared = runner.prepare(loaded, Path(args.output) if args.output else None, resume=args.resume,
+                              overwrite=args.overwrite, quiet=args.quiet)
+    try:
+        results = runner.execute(prepared)
+    except (ProbekitError, KeyError, ValueError) as exc:
+        from probekit.errors import SpecError
+
+        _print_error(exc)
+        print(f"the run stopped; its directory {prepared.run_dir} is kept: fix the cause and run again with "
+              f"--resume", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, SpecError) else EXIT_FAILED
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print(f"the run failed; see {prepared.run_dir / 'log.txt'}; continue with --resume", file=sys.stderr)
+        return EXIT_FAILED
+    from probekit.report import _flatten, _fmt
+
+    head = ", ".join(f"{k}={_fmt(v)}" for k, v in _flatten(results)
+                     if isinstance(v, (int, float)) and not isinstance(v, bool))[:300]
+    print(f"done: {head}")
+    print(f"report: {prepared.run_dir / 'report.html'}")
+    return EXIT_OK
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from probekit.plugins import get_plugin_manager
+
+    infos = get_plugin_manager().plugin_infos()
+    if args.json:
+        print(json.dumps([i.as_dict() for i in infos], indent=2))
+        return EXIT_OK
+    for info in infos:
+        version = f" {info.version}" if info.version else ""
+        print(f"{info.name}{version}" + ("  (built in)" if info.builtin else ""))
+        if info.error:
+            print(f"  failed to load: {info.error}")
+            continue
+        print(f"  hooks: {', '.join(info.hooks)}")
+        for kind, names in info.provides.items():
+            print(f"  {kind}: {', '.join(names)}")
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from probekit.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    entries = [pm.get(args.kind, n) for n in pm.names(args.kind)]
+    if args.json:
+        print(json.dumps([{"name": e.name, "provider": e.provider, "description": e.description}
+                          for e in entries], indent=2))
+        return EXIT_OK
+    if not entries:
+        print(f"no {args.kind} installed")
+        return EXIT_OK
+    width = max(len(e.name) for e in entries)
+    try:
+        cols = os.get_terminal_size().columns
+    except OSError:
+        cols = 100
+    for e in entries:
+        provider = e.provider.replace("probekit.builtin.", "builtin:")
+        text = f"{e.name:<{width}}  {e.description}"
+        room = max(cols - len(provider) - 4, 40)
+        if len(text) > room:
+            text = text[: room - 1] + "…"
+        print(f"{text}  [{provider}]")
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from probekit.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from probekit.errors import SpecError
+    from probekit.report import render
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.json").exists():
+        raise SpecError(f"{run_dir} has no metrics.json", path="RUN_DIR",
+                        fix="Give the directory of a finished run (or finish it with probekit run --resume).")
+    md, html_path = render(run_dir)
+    print(f"wrote {md} and {html_path}")
+    return EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from probekit.compare import compare
+
+    print(compare([Path(d) for d in args.run_dirs], args.output))
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Any] = {
+    "run": _cmd_run, "validate": _cmd_validate, "plugins": _cmd_plugins, "list": _cmd_list,
+    "schema": _cmd_schema, "report": _cmd_report, "compare": _cmd_compare,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Dataset sources: what a ``data:`` section of a spec builds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass
+class DataInfo:
+    """Metadata of a dataset: classes and image shape (C, H, W)."""
+
+    name: str
+    image_shape: tuple[int, int, int]
+    classes: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class DataBundle:
+    """Train and test datasets of ``(image, label)`` pairs plus metadata.
+
+    Images are float tensors in [0, 1], CHW, RGB (or one channel).
+    """
+
+    train: Dataset
+    test: Dataset
+    info: DataInfo
+
+
+class TensorImageDataset(Dataset):
+    """``(image, label)`` pairs from an image tensor (NCHW, [0, 1]) and a label tensor."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        self.images = images
+        self.labels = labels if labels is not None else torch.zeros(len(images), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic shuffled train/test split of ``range(n)``."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    n_test = max(1, int(round(n * test_fraction)))
+    return perm[n_test:].sort().values, perm[:n_test].sort().values

@@ -1,0 +1,90 @@
+"""``model.train``: fit a model as a classifier before probing, with weights cached by hash.
+
+The cache key covers the model's initial weights, the training options, the data
+and the seed, so the same spec reuses the trained weights and any change retrains.
+Training checkpoints every epoch into the run directory, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from probekit.adapter import ModelAdapter
+from probekit.cache import cache_key
+
+
+def train_classifier(run: Any, adapter: ModelAdapter) -> dict[str, float]:
+    """Train ``adapter.model`` on the spec's ``model.train`` settings (or load the cached result)."""
+    from safetensors.torch import load_file
+
+    from probekit.checkpoint import atomic_open, write_json
+    from probekit.runner import build_data
+    from probekit.spec import DataSpec
+    from probekit.training import Trainer, batches_of
+
+    opts = run.spec.model.train
+    if opts.data is not None:
+        section = DataSpec.model_validate(opts.data)
+        bundle = build_data(run, section, run.options["model.train.data"])
+        data_id = {"type": section.type, "options": run.options["model.train.data"], "limit": section.limit}
+    else:
+        bundle = run.data
+        data_id = run._data_fingerprint()
+    key = cache_key(init=adapter.fingerprint(), train=opts.model_dump(), data=data_id, seed=run.seed)
+    folder = run.cache_dir / "models"
+    weights = folder / f"{key}.safetensors"
+    if weights.exists():
+        adapter.model.load_state_dict(load_file(str(weights), device=str(run.device)))
+        run.log(f"model.train: loaded cached weights {weights}")
+        return {}
+
+    model = adapter.model
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if opts.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=opts.lr, momentum=0.9,
+                                                     weight_decay=opts.weight_decay)
+    elif opts.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    images = torch.stack([bundle.train[i][0] for i in range(len(bundle.train))])
+    labels = torch.stack([torch.as_tensor(bundle.train[i][1]) for i in range(len(bundle.train))])
+    run.log(f"model.train: fitting {type(model).__name__} on {len(images)} images for {opts.epochs} epochs")
+
+    def step(idx: torch.Tensor) -> torch.Tensor:
+        x = adapter.preprocess(images[idx].to(run.device))
+        return F.cross_entropy(adapter.logits(adapter.forward(x)), labels[idx].to(run.device))
+
+    trainer = Trainer({"model": model}, opt, epochs=opts.epochs, seed=run.seed, tag="model.train",
+                      checkpoint=run.checkpoint_dir / "model-train.pt", progress=run.progress, log=run.debug)
+    n_batches = (len(images) + opts.batch_size - 1) // opts.batch_size
+    losses = trainer.fit(lambda g: batches_of(len(images), opts.batch_size, g), step, total=n_batches)
+    model.eval()
+    accuracy = _accuracy(adapter, bundle.test, run)
+    run.log(f"model.train: test accuracy {accuracy:.4f}")
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_open(weights, "wb") as f:
+        f.write(save_safetensors(state))
+    write_json(folder / f"{key}.json", {"losses": losses, "test_accuracy": accuracy, "train": opts.model_dump()})
+    return {"test_accuracy": accuracy}
+
+
+def save_safetensors(state: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save(state)
+
+
+def _accuracy(adapter: ModelAdapter, dataset: Any, run: Any) -> float:
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in run.loader(dataset):
+            out = adapter.logits(adapter.forward(adapter.preprocess(images.to(run.device))))
+            correct += int((out.argmax(-1).cpu() == labels).sum())
+            total += len(labels)
+    return correct / max(total, 1)

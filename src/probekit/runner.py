@@ -1,0 +1,358 @@
+"""The runner: turns a validated spec into a run directory.
+
+RUN_DIR/spec.yaml (resolved spec + versions), metrics.json, checkpoints/,
+figures/, report.md, report.html, log.txt. All writes are atomic; every random
+choice derives from the spec's seed, so a spec run twice on the CPU gives an
+identical metrics.json, and ``resume=True`` continues a killed run to the same
+results.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from probekit import checkpoint as ckpt
+from probekit.adapter import ModelAdapter
+from probekit.cache import FeatureCache, FeatureSet, cache_key, default_cache_dir
+from probekit.data import DataBundle
+from probekit.errors import RunError, SpecError
+from probekit.metric import Metric
+from probekit.plugins import get_plugin_manager
+from probekit.probe import Probe
+from probekit.spec import LoadedSpec, load_spec
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecError(f"device '{name}' asked for, but CUDA is not available here", path="device",
+                        fix="Use `device: auto` or `device: cpu`.")
+    return torch.device(name)
+
+
+class Run:
+    """What a probe sees of a run: the spec, the model, the data, and the run directory's helpers."""
+
+    def __init__(self, loaded: LoadedSpec, run_dir: Path, *, quiet: bool = False, resume: bool = False):
+        self.loaded = loaded
+        self.spec = loaded.spec
+        self.options = loaded.options
+        self.run_dir = Path(run_dir)
+        self.seed = self.spec.seed
+        self.quiet = quiet
+        self.resume = resume
+        self.device = resolve_device(self.spec.device)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.figures_dir = self.run_dir / "figures"
+        self.cache_dir = Path(self.spec.cache_dir) if self.spec.cache_dir else default_cache_dir()
+        self.model: ModelAdapter | None = None
+        self.data: DataBundle | None = None
+        self.probe: Probe | None = None
+        self.report_sections: list[tuple[str, str]] = []
+        self.timings: dict[str, float] = {}
+        self._log_file: Any = None
+
+    # -- logging and progress --------------------------------------------------------
+    def log(self, message: str) -> None:
+        """Append a line to log.txt (and print it on stderr unless quiet)."""
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        self.debug(message)
+        if not self.quiet:
+            print(line, file=sys.stderr)
+
+    def debug(self, message: str) -> None:
+        """Append a line to log.txt only (per-epoch losses and other detail)."""
+        if self._log_file is not None:
+            self._log_file.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
+            self._log_file.flush()
+
+    def progress(self, iterable: Iterable[Any], *, total: int | None = None, desc: str = "") -> Iterable[Any]:
+        """Wrap a loop with a progress bar (quiet when not a TTY or with --quiet)."""
+        if self.quiet or not sys.stderr.isatty():
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    # -- randomness ------------------------------------------------------------------
+    def generator(self, tag: str = "") -> torch.Generator:
+        """A torch Generator seeded from the spec's seed and ``tag``."""
+        from probekit.training import epoch_seed
+
+        return torch.Generator().manual_seed(epoch_seed(self.seed, 0, tag))
+
+    # -- data ------------------------------------------------------------------------
+    def loader(self, dataset: Dataset, *, batch_size: int | None = None, shuffle: bool = False,
+               generator: torch.Generator | None = None) -> DataLoader:
+        bs = batch_size or (self.spec.data.batch_size if self.spec.data else 64)
+        return DataLoader(dataset, batch_size=bs, shuffle=shuffle, generator=generator, num_workers=0)
+
+    # -- components ------------------------------------------------------------------
+    def create_metric(self, name: str, **options: Any) -> Metric:
+        from probekit.registry import create_metric
+
+        return create_metric(name, **options)
+
+    def metrics(self) -> dict[str, Metric]:
+        """The spec's ``metrics:`` list, instantiated (fresh objects each call)."""
+        from probekit.registry import create_metric
+
+        out = {}
+        for i, m in enumerate(self.spec.metric_specs()):
+            out[m.type] = create_metric(m.type, **self.options.get(f"metrics.{i}", {}))
+        return out
+
+    def perturbation(self, name: str, **options: Any) -> Callable[..., torch.Tensor]:
+        from probekit.registry import create_perturbation
+
+        return create_perturbation(name, **options)
+
+    # -- feature cache -------------------------------------------------------------------
+    def features(self, layers: Sequence[str], split: str = "train", *, dtype: str = "float32",
+                 include_input: bool = False) -> FeatureSet:
+        """Hidden states of the frozen model for ``split``, computed once and cached on disk.
+
+        The set also holds ``labels`` and, with ``include_input``, ``input`` (the
+        model-ready inputs after ``preprocess``).
+        """
+        assert self.model is not None and self.data is not None
+        dataset = self.data.train if split == "train" else self.data.test
+        model = self.model
+        base = {"model": model.fingerprint(), "data": self._data_fingerprint(), "split": split,
+                "n": len(dataset), "dtype": dtype}
+        names = list(layers) + (["input"] if include_input else []) + ["labels"]
+        keys = {n: cache_key(layer=n, **base) for n in names}
+
+        def compute(wanted: Sequence[str]) -> Iterable[dict[str, Any]]:
+            real = [n for n in wanted if n not in ("input", "labels")]
+            model.model.eval()
+            loader = self.loader(dataset)
+            self.log(f"feature cache: computing {', '.join(wanted)} for {len(dataset)} {split} examples")
+            with torch.no_grad():
+                for images, labels in self.progress(loader, total=len(loader), desc=f"features {split}"):
+                    inputs = model.preprocess(images.to(self.device))
+                    out: dict[str, Any] = {"labels": labels}
+                    if real:
+                        _, states = model.capture(inputs, real)
+                        out.update(states)
+                    if "input" in wanted:
+                        out["input"] = inputs
+                    yield out
+
+        cache = FeatureCache(self.cache_dir / "features")
+        arrays = cache.get(keys, compute, dtype=dtype, info={"split": split})
+        return FeatureSet(arrays)
+
+    def _data_fingerprint(self) -> dict[str, Any]:
+        d = self.spec.data
+        return {"type": d.type, "options": self.options.get("data", {}), "limit": d.limit,
+                "test_limit": d.test_limit, "seed": self.seed} if d else {}
+
+    # -- outputs ---------------------------------------------------------------------
+    def path(self, relative: str) -> Path:
+        """A path inside the run directory (refuses paths that would leave it)."""
+        p = (self.run_dir / relative).resolve()
+        if self.run_dir.resolve() not in (p, *p.parents):
+            raise ValueError(f"path '{relative}' leaves the run directory")
+        return p
+
+    def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> Path:
+        """Write a table atomically as RUN_DIR/name."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _fmt(row.get(c)) for c in columns})
+        path = self.path(name)
+        ckpt.write_text(path, buf.getvalue())
+        return path
+
+    def save_figure(self, fig: Any, name: str) -> Path:
+        """Save a matplotlib figure as RUN_DIR/figures/name (PNG) and close it."""
+        import matplotlib.pyplot as plt
+
+        path = self.path(f"figures/{name}")
+        with ckpt.atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
+    def add_report(self, title: str, markdown: str) -> None:
+        """Add a section to report.md / report.html."""
+        self.report_sections.append((title, markdown))
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+# -- the run itself -----------------------------------------------------------------------
+def default_run_dir(spec_name: str) -> Path:
+    return Path("runs") / spec_name
+
+
+def _build_model(run: Run) -> ModelAdapter | None:
+    spec = run.spec
+    if spec.model is None:
+        return None
+    from probekit.registry import create_model
+
+    adapter = create_model(spec.model.type, **run.options["model"])
+    if getattr(adapter, "input_shape", None) is None and run.data is not None:
+        adapter.input_shape = tuple(run.data.info.image_shape)
+    adapter.to(run.device)
+    if spec.model.train is not None:
+        from probekit.pretrain import train_classifier
+
+        train_classifier(run, adapter)
+    adapter.model.eval()
+    for p in adapter.model.parameters():
+        p.requires_grad_(False)
+    return adapter
+
+
+def build_data(run: Run, section: Any = None, options: Mapping[str, Any] | None = None) -> DataBundle:
+    """The dataset of a data section with ``limit`` / ``test_limit`` applied."""
+    from torch.utils.data import Subset
+
+    from probekit.registry import create_dataset
+
+    section = section or run.spec.data
+    opts = dict(options if options is not None else run.options["data"])
+    bundle = create_dataset(section.type, seed=run.seed, **opts)
+    train, test = bundle.train, bundle.test
+    if section.limit is not None and len(train) > section.limit:
+        train = Subset(train, range(section.limit))
+    if section.test_limit is not None and len(test) > section.test_limit:
+        test = Subset(test, range(section.test_limit))
+    return DataBundle(train, test, bundle.info)
+
+
+def resolved_spec_text(loaded: LoadedSpec) -> str:
+    import yaml
+
+    from probekit._version import __version__
+
+    versions = {"probekit": __version__, "torch": str(torch.__version__)}
+    for info in get_plugin_manager().plugin_infos():
+        if not info.builtin and info.version:
+            versions[info.name] = info.version
+    doc = loaded.spec.model_dump(mode="json", exclude_none=True)
+    header = "# resolved spec written by probekit; versions:\n" + "".join(
+        f"#   {k}: {v}\n" for k, v in versions.items())
+    return header + yaml.safe_dump({**doc, "versions": versions}, sort_keys=False)
+
+
+def prepare(loaded: LoadedSpec, run_dir: Path | None, *, resume: bool = False, overwrite: bool = False,
+            quiet: bool = False) -> Run:
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(loaded.spec.name)
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if overwrite:
+            import shutil
+
+            shutil.rmtree(run_dir)
+        else:
+            raise SpecError(f"run directory {run_dir} already exists", path="-o",
+                            fix="Pass --resume to continue it, --overwrite to start again, or -o NEW_DIR.")
+    if resume and (run_dir / "spec.yaml").exists():
+        old = (run_dir / "spec.yaml").read_text()
+        if _strip_versions(old) != _strip_versions(resolved_spec_text(loaded)):
+            raise SpecError(f"the spec differs from the one {run_dir} was started with", path="--resume",
+                            fix="Resume with the same spec and --set options, or use another -o RUN_DIR.")
+    return Run(loaded, run_dir, quiet=quiet, resume=resume)
+
+
+def _strip_versions(text: str) -> str:
+    import yaml
+
+    data = yaml.safe_load(text) or {}
+    data.pop("versions", None)
+    return repr(data)
+
+
+def execute(run: Run) -> dict[str, Any]:
+    """Run a prepared :class:`Run` to the end; return the content of metrics.json."""
+    from probekit.registry import create_probe
+    from probekit.report import write_reports
+
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    run.checkpoint_dir.mkdir(exist_ok=True)
+    run.figures_dir.mkdir(exist_ok=True)
+    ckpt.write_text(run.run_dir / "spec.yaml", resolved_spec_text(run.loaded))
+    run._log_file = open(run.run_dir / "log.txt", "a")  # noqa: SIM115 - closed below
+    pm = get_plugin_manager()
+    start = time.time()
+    try:
+        run.log(f"run '{run.spec.name}' in {run.run_dir} on {run.device}" + (" (resumed)" if run.resume else ""))
+        seed_everything(run.seed)
+        if run.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        t = time.time()
+        if run.spec.data is not None:
+            run.data = build_data(run)
+            run.log(f"data '{run.spec.data.type}': {len(run.data.train)} train / {len(run.data.test)} test, "
+                    f"images {tuple(run.data.info.image_shape)}")
+        run.model = _build_model(run)
+        run.timings["setup"] = time.time() - t
+        run.probe = create_probe(run.spec.probe.type, **run.options["probe"])
+        pm.hook.probekit_run_started(run=run)
+        t = time.time()
+        run.probe.fit(run)
+        run.timings["fit"] = time.time() - t
+        t = time.time()
+        results = run.probe.evaluate(run)
+        run.timings["evaluate"] = time.time() - t
+        run.timings["total"] = time.time() - start
+        ckpt.write_json(run.run_dir / "metrics.json", results)
+        write_reports(run, results)
+        pm.hook.probekit_run_finished(run=run, results=results)
+        run.log(f"finished in {run.timings['total']:.1f}s; results in {run.run_dir}")
+        return results
+    except BaseException as exc:
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            run.log(f"run failed: {type(exc).__name__}: {exc}")
+        try:
+            pm.hook.probekit_run_failed(run=run, error=exc)
+        except Exception:
+            pass
+        raise
+    finally:
+        run._log_file.close()
+        run._log_file = None
+
+
+def run(spec: str | Path | Mapping[str, Any] | LoadedSpec, run_dir: str | Path | None = None, *,
+        overrides: Iterable[str] = (), resume: bool = False, overwrite: bool = False,
+        quiet: bool = True) -> dict[str, Any]:
+    """Run a spec (a path, a dict or a loaded spec) into ``run_dir``; return metrics.json's content."""
+    loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec, overrides)
+    prepared = prepare(loaded, Path(run_dir) if run_dir is not None else None, resume=resume,
+                       overwrite=overwrite, quiet=quiet)
+    return execute(prepared)
+
+
+__all__ = ["Run", "run", "prepare", "execute", "RunError", "build_data", "seed_everything"]
+_ = os

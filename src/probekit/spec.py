@@ -1,0 +1,370 @@
+"""spec.yaml: pydantic models, loading, ``--set`` overrides and validation of type-specific options.
+
+The core validates the shape of a spec; each section's type-specific options
+are validated by the options model its plugin registered. Every error becomes a
+:class:`~probekit.errors.SpecError` naming the file, the key path, what is wrong
+and how to fix it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.functional_validators import AfterValidator
+
+from probekit.errors import SpecError, did_you_mean
+
+
+# -- path types for options models ---------------------------------------------------------
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir") if info is not None else None
+    value = Path(value).expanduser()
+    if not value.is_absolute() and base is not None:
+        value = Path(base) / value
+    return value
+
+
+def _existing_path(value: Path, info: ValidationInfo) -> Path:
+    value = _resolve_path(value, info)
+    if not value.exists():
+        raise ValueError(f"file not found: {value} (paths in a spec are relative to the spec's folder)")
+    return value
+
+
+#: A path in a spec, resolved relative to the spec file's folder.
+SpecPath = Annotated[Path, AfterValidator(_resolve_path)]
+#: Like :data:`SpecPath`, and the file or folder must exist.
+ExistingPath = Annotated[Path, AfterValidator(_existing_path)]
+
+
+class Options(BaseModel):
+    """Base class of plugins' options models: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+# -- the spec ---------------------------------------------------------------------------
+class _Section(BaseModel):
+    """A spec section: a ``type`` plus options validated by the plugin that owns the type."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(description="Registered type name (see `probekit list`).")
+
+    def options(self) -> dict[str, Any]:
+        """The type-specific options (the keys not defined by the core)."""
+        return dict(self.model_extra or {})
+
+
+class TrainSpec(BaseModel):
+    """Fit the model as a classifier before probing (``model.train``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: dict[str, Any] | None = Field(None, description="A data section; default: the run's `data`.")
+    epochs: int = Field(5, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+
+
+class ModelSpec(_Section):
+    """``model:``: the model adapter type and its options."""
+
+    train: TrainSpec | None = Field(None, description="Train the model as a classifier before probing.")
+
+
+class DataSpec(_Section):
+    """``data:``: the dataset source, its options and how much of it to use."""
+
+    limit: int | None = Field(None, ge=1, description="Use at most this many training examples.")
+    test_limit: int | None = Field(None, ge=1, description="Use at most this many test examples.")
+    batch_size: int = Field(64, ge=1, description="Batch size for feature extraction and evaluation.")
+
+
+class ProbeSpec(_Section):
+    """``probe:``: the probe type and its options."""
+
+
+class MetricSpec(_Section):
+    """An entry of ``metrics:`` given with options (``{type: lpips, net: alex}``)."""
+
+
+class Spec(BaseModel):
+    """A whole spec.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="Run name; the default run directory is runs/<name>.")
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:<i>")
+    model: ModelSpec | None = None
+    data: DataSpec | None = None
+    probe: ProbeSpec
+    metrics: list[str | MetricSpec] = Field(default_factory=list)
+    cache_dir: str | None = Field(None, description="Feature/model cache folder; default $PROBEKIT_CACHE "
+                                                    "or ~/.cache/probekit.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+            raise ValueError("must be auto, cpu, cuda, cuda:<index> or mps")
+        return v
+
+    def metric_specs(self) -> list[MetricSpec]:
+        return [MetricSpec(type=m) if isinstance(m, str) else m for m in self.metrics]
+
+
+class LoadedSpec:
+    """A validated spec, where it came from, and the validated options of each section."""
+
+    def __init__(self, spec: Spec, raw: dict[str, Any], path: Path | None, options: dict[str, dict[str, Any]]):
+        self.spec = spec
+        self.raw = raw
+        self.path = path
+        self.options = options  # "model" / "data" / "probe" / "metrics.<i>" -> validated options
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path is not None else Path.cwd()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.spec, name)
+
+
+# -- loading ---------------------------------------------------------------------------
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise SpecError("spec file not found", file=str(path), fix="Check the path.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"invalid YAML{' at ' + where if where else ''}: {problem}", file=str(path),
+                        fix="Fix the YAML syntax (indentation, colons, quotes).") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"a spec must be a mapping of keys, got {type(data).__name__}", file=str(path),
+                        fix="Start with `probe: {type: ...}`; see `probekit schema`.")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides (values parsed as YAML) to a copy of ``data``."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise SpecError(f"bad --set '{item}'", path="--set",
+                            fix="Write --set KEY=VALUE with a dotted key, e.g. --set probe.epochs=3.")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        parts = key.split(".")
+        node: Any = data
+        for depth, part in enumerate(parts[:-1]):
+            here = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                node = _list_item(node, part, here, item)
+                continue
+            if not isinstance(node, dict):
+                raise SpecError(f"bad --set '{item}': '{'.'.join(parts[:depth])}' is a value, not a section",
+                                path=here, fix="Set the value itself, or check the key path.")
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _index(node, last, key, item)
+            node[idx] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise SpecError(f"bad --set '{item}': '{'.'.join(parts[:-1])}' is a value, not a section",
+                            path=key, fix="Set the value itself, or check the key path.")
+    return data
+
+
+def _index(node: list[Any], part: str, here: str, item: str) -> int:
+    try:
+        idx = int(part)
+        node[idx]
+        return idx
+    except (ValueError, IndexError):
+        raise SpecError(f"bad --set '{item}': '{part}' is not an index of a list of {len(node)} items",
+                        path=here, fix=f"Use an index from 0 to {len(node) - 1}.") from None
+
+
+def _list_item(node: list[Any], part: str, here: str, item: str) -> Any:
+    return node[_index(node, part, here, item)]
+
+
+def _loc(loc: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def spec_error_from_validation(exc: ValidationError, prefix: str = "", model: Any = None) -> SpecError:
+    """The first error of a pydantic ValidationError, as a SpecError with key path and fix."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "MetricSpec"))]
+    path = ".".join(filter(None, [prefix, _loc(loc)]))
+    kind = err["type"]
+    more = f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} after this one)" \
+        if len(errors) > 1 else ""
+    if kind == "extra_forbidden":
+        valid = sorted(model.model_fields) if model is not None and len(loc) == 1 else []
+        name = str(loc[-1]) if loc else ""
+        fix = "Remove it or check its spelling."
+        if valid:
+            fix += did_you_mean(name, valid) + f" Valid keys: {', '.join(valid)}."
+        return SpecError(f"unknown key '{name}'{more}", path=path, fix=fix)
+    if kind == "missing":
+        return SpecError(f"required key is missing{more}", path=path, fix="Add it to the spec.")
+    given = err.get("input")
+    shown = repr(given) if not isinstance(given, (dict, list)) else type(given).__name__
+    return SpecError(f"{err['msg']} (got {shown}){more}", path=path,
+                     fix="Give a value of the expected type; `probekit schema` describes every key.")
+
+
+def parse_spec(data: Mapping[str, Any], *, file: str | None = None) -> Spec:
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise spec_error_from_validation(exc, model=Spec).with_file(file) from None
+
+
+def validate_options(kind: str, section: Any, path: str, *, base_dir: Path, file: str | None = None,
+                     exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """Validate a section's type-specific options with the owning plugin's options model."""
+    from probekit.plugins import get_plugin_manager
+
+    try:
+        entry = get_plugin_manager().get(kind, section.type, path=f"{path}.type")
+    except SpecError as exc:
+        raise exc.with_file(file) from None
+    options = {k: v for k, v in section.options().items() if k not in set(exclude)}
+    model = entry.options_model()
+    if model is None:
+        return options
+    try:
+        validated = model.model_validate(options, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise spec_error_from_validation(exc, prefix=path, model=model).with_file(file) from None
+    return validated.model_dump(exclude_unset=False)
+
+
+def check_spec(spec: Spec, raw: dict[str, Any], *, path: Path | None = None) -> LoadedSpec:
+    """Validate every section's type-specific options; return a :class:`LoadedSpec`."""
+    from probekit.plugins import get_plugin_manager
+
+    file = str(path) if path is not None else None
+    base = path.parent if path is not None else Path.cwd()
+    pm = get_plugin_manager()
+    options: dict[str, dict[str, Any]] = {}
+    try:
+        probe_entry = pm.get("probes", spec.probe.type, path="probe.type")
+    except SpecError as exc:
+        raise exc.with_file(file) from None
+    options["probe"] = validate_options("probes", spec.probe, "probe", base_dir=base, file=file)
+    needs_model = probe_entry.meta.get("needs_model", True)
+    if spec.model is None and needs_model:
+        raise SpecError(f"probe '{spec.probe.type}' needs a model", path="model", file=file,
+                        fix="Add a `model:` section, e.g. `model: {type: module, factory: "
+                            "\"probekit.testing:small_cnn\"}`.")
+    if spec.model is not None:
+        options["model"] = validate_options("models", spec.model, "model", base_dir=base, file=file)
+    if spec.data is None:
+        if probe_entry.meta.get("needs_data", True):
+            raise SpecError("a `data:` section is required", path="data", file=file,
+                            fix="Add e.g. `data: {type: digits}`; `probekit list datasets` shows the sources.")
+    else:
+        options["data"] = validate_options("datasets", spec.data, "data", base_dir=base, file=file)
+        if spec.model is not None and spec.model.train is not None and spec.model.train.data is not None:
+            train_data = parse_section(DataSpec, spec.model.train.data, "model.train.data", file)
+            options["model.train.data"] = validate_options("datasets", train_data, "model.train.data",
+                                                           base_dir=base, file=file)
+    for i, metric in enumerate(spec.metric_specs()):
+        options[f"metrics.{i}"] = validate_options("metrics", metric, f"metrics.{i}", base_dir=base, file=file)
+    return LoadedSpec(spec, raw, path, options)
+
+
+def parse_section(cls: type[_Section], data: Any, path: str, file: str | None) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise spec_error_from_validation(exc, prefix=path).with_file(file) from None
+
+
+def load_spec(source: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> LoadedSpec:
+    """Read, override (``a.b=c``) and validate a spec from a file path or a dict."""
+    if isinstance(source, Mapping):
+        path = None
+        raw = dict(source)
+    else:
+        path = Path(source)
+        raw = read_yaml(path)
+    try:
+        raw = apply_overrides(raw, overrides)
+    except SpecError as exc:
+        raise exc.with_file(str(path) if path else None) from None
+    spec = parse_spec(raw, file=str(path) if path else None)
+    return check_spec(spec, raw, path=path.resolve() if path else None)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of spec.yaml, with each installed type's options."""
+    from probekit.plugins import get_plugin_manager
+
+    schema = Spec.model_json_schema()
+    pm = get_plugin_manager()
+    defs = schema.setdefault("$defs", {})
+    for section, kind, base in (("ModelSpec", "models", {"train": {"$ref": "#/$defs/TrainSpec"}}),
+                                ("DataSpec", "datasets", {k: v for k, v in defs["DataSpec"]["properties"].items()
+                                                          if k != "type"}),
+                                ("ProbeSpec", "probes", {}), ("MetricSpec", "metrics", {})):
+        variants = []
+        for name in pm.names(kind):
+            entry = pm.get(kind, name)
+            props: dict[str, Any] = {"type": {"const": name, "description": entry.description}}
+            props.update(base)
+            required = ["type"]
+            model = entry.options_model()
+            if model is not None:
+                sub = model.model_json_schema()
+                for key, value in sub.pop("$defs", {}).items():
+                    defs.setdefault(key, value)
+                props.update(sub.get("properties", {}))
+                required += sub.get("required", [])
+            variants.append({"type": "object", "title": f"{kind[:-1]} '{name}'",
+                             "description": entry.description, "properties": props,
+                             "required": required, "additionalProperties": False})
+        if variants:
+            defs[section] = {"oneOf": variants, "description": defs.get(section, {}).get("description", "")}
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "probekit spec"
+    return schema
+
+
+__all__ = ["Spec", "LoadedSpec", "Options", "SpecPath", "ExistingPath", "load_spec", "apply_overrides",
+           "json_schema", "ModelSpec", "DataSpec", "ProbeSpec", "MetricSpec", "TrainSpec"]

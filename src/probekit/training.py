@@ -1,0 +1,137 @@
+"""A small, resumable training loop shared by every probe that trains something.
+
+Each epoch's data order and randomness derive from ``(seed, epoch)`` alone, and
+the state after every epoch (modules, optimizer, losses) is checkpointed
+atomically, so a run killed at any point and resumed ends with exactly the
+results of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from probekit import checkpoint as ckpt
+from probekit.errors import RunError
+
+
+def epoch_seed(seed: int, epoch: int, tag: str = "") -> int:
+    """A reproducible seed for one epoch of one training job."""
+    import zlib
+
+    return (seed * 1_000_003 + epoch * 7919 + zlib.crc32(tag.encode())) % (2**63 - 1)
+
+
+class Trainer:
+    """Runs epochs of ``step(batch) -> loss`` with checkpoint/resume.
+
+    Args:
+        modules: the trainable modules by name (their state is checkpointed).
+        optimizer: optimizer over their parameters.
+        epochs: number of epochs.
+        checkpoint: file for the state after each epoch (``None``: no checkpoints).
+        seed: base seed; epoch ``e`` runs under ``epoch_seed(seed, e, tag)``.
+        tag: distinguishes several trainers of one run.
+        progress: optional ``progress(iterable, total=, desc=)`` wrapper (``Run.progress``).
+        log: optional ``log(message)``.
+        scheduler: optional LR scheduler stepped once per epoch.
+    """
+
+    def __init__(self, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer, *, epochs: int,
+                 checkpoint: str | Path | None, seed: int = 0, tag: str = "",
+                 progress: Callable[..., Iterable[Any]] | None = None,
+                 log: Callable[[str], None] | None = None, scheduler: Any = None):
+        self.modules = dict(modules)
+        self.optimizer = optimizer
+        self.epochs = epochs
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.seed = seed
+        self.tag = tag
+        self.progress = progress
+        self.log = log or (lambda message: None)
+        self.scheduler = scheduler
+        self.epoch = 0
+        self.losses: list[float] = []
+        self._resume()
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.epochs
+
+    def _resume(self) -> None:
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return
+        state = ckpt.load(self.checkpoint)
+        for name, module in self.modules.items():
+            module.load_state_dict(state["modules"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.losses = [float(x) for x in state["losses"]]
+        self.log(f"{self.tag or 'training'}: resumed after epoch {self.epoch}/{self.epochs}")
+
+    def _save(self) -> None:
+        if self.checkpoint is None:
+            return
+        state: dict[str, Any] = {
+            "modules": {name: m.state_dict() for name, m in self.modules.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "losses": self.losses,
+        }
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        ckpt.save(state, self.checkpoint)
+
+    def fit(self, batches: Callable[[torch.Generator], Iterable[Any]],
+            step: Callable[[Any], torch.Tensor], *, total: int | None = None) -> list[float]:
+        """Train the remaining epochs; return the mean loss of every epoch.
+
+        ``batches(generator)`` yields one epoch of batches, shuffled with
+        ``generator`` (seeded for the epoch). ``step(batch)`` returns the loss
+        to minimise; the trainer does ``zero_grad``, ``backward`` and ``step``.
+        """
+        while self.epoch < self.epochs:
+            e_seed = epoch_seed(self.seed, self.epoch, self.tag)
+            torch.manual_seed(e_seed)  # dropout and other in-step randomness
+            generator = torch.Generator().manual_seed(e_seed)
+            for m in self.modules.values():
+                m.train()
+            total_loss, count = 0.0, 0
+            it: Iterable[Any] = batches(generator)
+            if self.progress is not None:
+                it = self.progress(it, total=total, desc=f"{self.tag or 'train'} {self.epoch + 1}/{self.epochs}")
+            for i, batch in enumerate(it):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = step(batch)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise RunError(
+                        f"{self.tag or 'training'}: loss is {value} at epoch {self.epoch + 1}, step {i + 1}; "
+                        f"the last good checkpoint (after epoch {self.epoch}) is kept. Lower the learning "
+                        f"rate or check the data, then run again with --resume.")
+                loss.backward()
+                self.optimizer.step()
+                total_loss += value
+                count += 1
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.losses.append(total_loss / max(count, 1))
+            self.epoch += 1
+            self._save()
+            self.log(f"{self.tag or 'train'} epoch {self.epoch}/{self.epochs}: loss {self.losses[-1]:.6g}")
+        for m in self.modules.values():
+            m.eval()
+        return list(self.losses)
+
+
+def batches_of(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Index batches over ``range(n)``, shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
