@@ -1,0 +1,208 @@
+"""Chunked selective scans for CPUs, in plain PyTorch (autograd works through them).
+
+Two functions with the argument layout of mamba-ssm's kernels, so that a backend can call
+either one or the other:
+
+``selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *,
+chunk_size=32, return_last_state=False, return_states=False)``
+    Mamba (v1). ``u``, ``delta``, ``z``: (batch, d, L); ``A``: (d, n); ``B``, ``C``: (batch, n, L);
+    ``D``: (d,). Returns ``y`` (batch, d, L), plus the final state (batch, d, n) and/or the
+    state after every position (batch, L, d, n) when asked.
+
+``ssd_scan(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False,
+dt_limit=(0, inf), initial_states=None, *, return_final_states=False, return_states=False)``
+    Mamba2 (state space duality). ``x``: (batch, L, heads, head_dim); ``dt``: (batch, L, heads);
+    ``A``: (heads,); ``B``, ``C``: (batch, L, groups, n). Returns ``y`` (batch, L, heads, head_dim),
+    plus the final state (batch, heads, head_dim, n) and/or every state (batch, L, heads, head_dim, n).
+
+The recurrence is ``h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * x_t`` and ``y_t = C_t . h_t (+ D x_t)``.
+Why chunks: the library's sequential path (``transformers``' ``mamba_selective_scan``) indexes one
+position of a (batch, d, L, n) tensor per step; the backward of every such index allocates and
+fills a tensor of the full size, so its backward is quadratic in L. Here the sequence is cut
+into chunks of ``chunk_size`` positions:
+
+* log-decays ``dt * A`` (all <= 0) are summed cumulatively inside each chunk; every decay the
+  scan multiplies with is ``exp`` of a difference of those sums that is <= 0 (a "segment sum"),
+  so nothing overflows whatever ``dt`` and ``A`` are;
+* the states inside a chunk start from zero and are computed for all chunks at once
+  (Mamba: a recurrence over the ``chunk_size`` positions, vectorised over chunks, batch, d and n;
+  Mamba2: the quadratic "attention-like" form inside a chunk, since its decay is one scalar per
+  head);
+* the state carried into each chunk is a decayed sum of the earlier chunks' end states, again
+  with segment sums over chunks (exponents <= 0), computed in parallel.
+
+Sequence lengths that are not a multiple of ``chunk_size`` are padded with positions of decay 1
+and input 0, which leave the state unchanged, and cut off afterwards.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["segment_sum", "selective_scan", "ssd_scan"]
+
+
+def segment_sum(x: torch.Tensor) -> torch.Tensor:
+    """``out[..., i, j] = x[..., j+1] + ... + x[..., i]`` for ``j <= i`` (0 on the diagonal), else ``-inf``.
+
+    Computed with a masked cumulative sum rather than a difference of two cumulative sums, so a
+    long run of large log-decays does not cancel catastrophically. With ``x <= 0`` every finite
+    entry is <= 0 and ``exp`` of it lies in [0, 1].
+    """
+    t = x.shape[-1]
+    x = x[..., None].expand(*x.shape, t)  # [..., i(source), j] -> summed over the source index
+    strictly_lower = torch.ones(t, t, dtype=torch.bool, device=x.device).tril(-1)
+    x = x.masked_fill(~strictly_lower, 0)
+    out = torch.cumsum(x, dim=-2)
+    lower = torch.ones(t, t, dtype=torch.bool, device=x.device).tril(0)
+    return out.masked_fill(~lower, float("-inf"))
+
+
+def _pad_len(length: int, chunk_size: int) -> int:
+    return (chunk_size - length % chunk_size) % chunk_size
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    # float32 like the library's paths; float64 inputs stay float64 (exactness tests)
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                   delta_bias: torch.Tensor | None = None, delta_softplus: bool = False, *,
+                   chunk_size: int = 32, return_last_state: bool = False, return_states: bool = False,
+                   ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Mamba's selective scan (shapes: module docstring), in float32 (float64 inputs: float64).
+
+    Returns ``y`` alone, or ``(y, last_state)``, ``(y, states)`` or ``(y, last_state, states)``.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    batch, d, length = u.shape
+    n = A.shape[-1]
+    in_dtype = u.dtype
+    cdt = _compute_dtype(u)
+    dt = delta.to(cdt)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(cdt)[..., None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    t = min(chunk_size, max(length, 1))
+    pad = _pad_len(length, t)
+    nc = (length + pad) // t
+
+    # Layout (batch, d, chunk, position-in-chunk, n); padded positions get dt = 0: decay 1, input 0.
+    dt_c = F.pad(dt, (0, pad)).view(batch, d, nc, t)
+    u_c = F.pad(u.to(cdt), (0, pad)).view(batch, d, nc, t)
+    B_c = F.pad(B.to(cdt), (0, pad)).view(batch, 1, n, nc, t).permute(0, 1, 3, 4, 2)
+    C_c = F.pad(C.to(cdt), (0, pad)).view(batch, 1, n, nc, t).permute(0, 1, 3, 4, 2)
+    log_decay = dt_c[..., None] * A.to(cdt)[None, :, None, None, :]  # (b, d, c, t, n), <= 0
+    inputs = (dt_c * u_c)[..., None] * B_c  # dt_t * B_t * u_t
+
+    # 1. States inside each chunk from a zero start, all chunks at once. A short recurrence over
+    #    the chunk's positions; unbind/stack (not indexing) keeps its backward linear in L.
+    decay = torch.exp(log_decay)
+    a_steps = decay.unbind(3)
+    x_steps = inputs.unbind(3)
+    h = x_steps[0]
+    local = [h]
+    for a_t, x_t in zip(a_steps[1:], x_steps[1:]):
+        h = a_t * h + x_t
+        local.append(h)
+    local_states = torch.stack(local, dim=3)  # (b, d, c, t, n)
+
+    # 2. State entering each chunk: decayed sum of the earlier chunks' end states.
+    cum = torch.cumsum(log_decay, dim=3)  # (b, d, c, t, n), <= 0: decay from the chunk start
+    chunk_log = cum[:, :, :, -1, :].permute(0, 1, 3, 2)  # (b, d, n, c): log-decay over each chunk
+    # slot 0 is the (zero) initial state, slot j+1 the end state of chunk j; entry [i, j] of the
+    # segment sum over the padded log-decays is the log-decay over chunks j .. i-1
+    ends = F.pad(local_states[:, :, :, -1, :].permute(0, 1, 3, 2), (1, 0))  # (b, d, n, c+1)
+    between = torch.exp(segment_sum(F.pad(chunk_log, (1, 0))))  # (b, d, n, c+1, c+1)
+    starts = torch.einsum("bdnij,bdnj->bdni", between, ends)[..., :-1]  # (b, d, n, c): entering chunk i
+    states = local_states + torch.exp(cum) * starts.permute(0, 1, 3, 2)[:, :, :, None, :]
+
+    y = (states * C_c).sum(-1).reshape(batch, d, nc * t)[..., :length]
+    if D is not None:
+        y = y + u.to(cdt) * D.to(cdt)[None, :, None]
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    y = y.to(in_dtype)
+    extra: list[torch.Tensor] = []
+    if return_last_state:
+        # the padded tail has decay 1 and input 0, so the last padded state is the state after L
+        extra.append(states[:, :, -1, -1, :].to(in_dtype))
+    if return_states:
+        extra.append(states.reshape(batch, d, nc * t, n)[:, :, :length].permute(0, 2, 1, 3).to(in_dtype))
+    return (y, *extra) if extra else y
+
+
+def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             chunk_size: int, D: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None,
+             dt_softplus: bool = False, dt_limit: tuple[float, float] = (0.0, float("inf")),
+             initial_states: torch.Tensor | None = None, *, return_final_states: bool = False,
+             return_states: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Mamba2's scan (one decay per head; shapes: module docstring), in float32 (float64 inputs: float64).
+
+    Same arguments as mamba-ssm's ``mamba_chunk_scan_combined`` (without ``z``). Returns ``y``
+    alone or with the final state and/or the state after every position, in that order.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    batch, length, heads, head_dim = x.shape
+    groups, n = B.shape[2], B.shape[3]
+    cdt = _compute_dtype(x)
+    dt = dt.to(cdt)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(cdt)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    dt = torch.clamp(dt, min=dt_limit[0], max=dt_limit[1])
+    B = B.to(cdt).repeat_interleave(heads // groups, dim=2)
+    C = C.to(cdt).repeat_interleave(heads // groups, dim=2)
+    xf = x.to(cdt)
+    t = min(chunk_size, max(length, 1))
+    pad = _pad_len(length, t)
+    nc = (length + pad) // t
+
+    def chunks(v: torch.Tensor) -> torch.Tensor:  # (b, L, ...) -> (b, c, t, ...)
+        v = F.pad(v, (0, 0) * (v.dim() - 2) + (0, pad))
+        return v.reshape(batch, nc, t, *v.shape[2:])
+
+    xdt = chunks(xf * dt[..., None])  # (b, c, t, h, p)
+    B_c, C_c = chunks(B), chunks(C)  # (b, c, t, h, n)
+    log_decay = chunks(dt * A.to(cdt)).permute(0, 3, 1, 2)  # (b, h, c, t), <= 0; padding: 0
+    cum = torch.cumsum(log_decay, dim=-1)
+
+    # 1. Inside each chunk (zero start): y_t = sum_{s<=t} exp(S_t - S_s) (C_t . B_s) dt_s x_s
+    within = torch.exp(segment_sum(log_decay))  # (b, h, c, t, s)
+    scores = torch.einsum("bclhn,bcshn->bhcls", C_c, B_c) * within
+    y = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
+
+    # 2. State at the end of each chunk from a zero start, then the state entering each chunk
+    to_end = torch.exp(cum[..., -1:] - cum)  # (b, h, c, t), exponents <= 0
+    ends = torch.einsum("bclhn,bhcl,bclhp->bchpn", B_c, to_end, xdt)
+    init = (initial_states.to(cdt) if initial_states is not None
+            else torch.zeros(batch, heads, head_dim, n, dtype=cdt, device=x.device))
+    ends = torch.cat([init[:, None], ends], dim=1)  # (b, c+1, h, p, n); slot 0: the initial state
+    chunk_log = F.pad(cum[..., -1], (1, 0))  # (b, h, c+1)
+    between = torch.exp(segment_sum(chunk_log))  # (b, h, c+1, c+1)
+    starts_all = torch.einsum("bhij,bjhpn->bihpn", between, ends)  # (b, c+1, h, p, n)
+    starts, final = starts_all[:, :-1], starts_all[:, -1]
+
+    # 3. Contribution of the carried state: C_t . (exp(S_t) h_start)
+    from_start = torch.exp(cum)  # (b, h, c, t)
+    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C_c, starts, from_start)
+    y = y.reshape(batch, nc * t, heads, head_dim)[:, :length]
+    if D is not None:
+        y = y + xf * D.to(cdt)[:, None]
+    y = y.to(x.dtype)
+    extra: list[torch.Tensor] = []
+    if return_final_states:
+        extra.append(final.to(x.dtype))
+    if return_states:
+        # h_t = exp(S_t) h_start + sum_{s<=t} exp(S_t - S_s) dt_s x_s B_s^T  (b, c, t, h, p, n)
+        local = torch.einsum("bhcls,bcshp,bcshn->bclhpn", within, xdt, B_c)
+        every = local + torch.einsum("bhcl,bchpn->bclhpn", from_start, starts)
+        extra.append(every.reshape(batch, nc * t, heads, head_dim, n)[:, :length].to(x.dtype))
+    return (y, *extra) if extra else y
