@@ -336,7 +336,7 @@ def _hf_preprocessing(
 
 
 def _find_layer_list(base: nn.Module) -> str:
-    """Module path of the ``ModuleList`` of ViT layers (``layers``; ``encoder.layer`` before transformers 5)."""
+    """Path of the ``ModuleList`` of ViT layers (``layers``; ``encoder.layer`` before transformers 5)."""
     for path, module in base.named_modules():
         if (
             isinstance(module, nn.ModuleList)
