@@ -43,14 +43,22 @@ def compare(label: str, adapter: Any, inputs: Any, repeats: int, warmup: int = 2
     p, c = statistics.median(plain), statistics.median(captured)
     ratio = c / p
     verdict = "meets" if ratio <= TARGET else "MISSES"
-    print(f"{label}: {len(layers)} layers captured; plain forward {p * 1e3:.1f} ms, capture {c * 1e3:.1f} ms "
-          f"(medians of {repeats}); ratio {ratio:.3f}x, {verdict} the {TARGET}x target")
-    return {"family": label, "layers": len(layers), "plain_ms": p * 1e3, "capture_ms": c * 1e3, "ratio": ratio,
-            "meets_target": ratio <= TARGET}
+    print(
+        f"{label}: {len(layers)} layers captured; plain forward {p * 1e3:.1f} ms, capture {c * 1e3:.1f} ms "
+        f"(medians of {repeats}); ratio {ratio:.3f}x, {verdict} the {TARGET}x target"
+    )
+    return {
+        "family": label,
+        "layers": len(layers),
+        "plain_ms": p * 1e3,
+        "capture_ms": c * 1e3,
+        "ratio": ratio,
+        "meets_target": ratio <= TARGET,
+    }
 
 
 def bench_small_cnn(repeats: int = 20, batch: int = 256) -> dict[str, Any]:
-    """``probekit.testing:small_cnn`` through the ``module`` adapter, every module path captured (MNIST size)."""
+    """``probekit.testing:small_cnn`` via the ``module`` adapter, every module path captured (MNIST size)."""
     from probekit import create_model
 
     torch.manual_seed(0)
