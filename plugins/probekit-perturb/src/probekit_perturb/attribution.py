@@ -194,28 +194,23 @@ class Attributor:
 
     def attribute(self, images: torch.Tensor, target: torch.Tensor | int | None = None) -> torch.Tensor:
         """Attributions of ``target`` (class indices) to ``images`` (N, C, H, W), same shape as the images."""
-        images = images.detach()
+        return self._attribute(images, target).detach()
+
+    def _attribute(self, images: torch.Tensor, target: Any) -> torch.Tensor:
+        # gradient methods want inputs that require grad (captum would set it itself, with a warning)
+        images = images.detach().requires_grad_(self.method != "occlusion")
         if self.method == "integrated-gradients":
-            return self._algo.attribute(
-                images,
-                baselines=self.baseline,
-                target=target,
-                n_steps=self.n_steps,
-                internal_batch_size=self.internal_batch_size,
-            )
+            return self._algo.attribute(images, baselines=self.baseline, target=target, n_steps=self.n_steps,
+                                        internal_batch_size=self.internal_batch_size)
         if self.method == "saliency":
             return self._algo.attribute(images, target=target, abs=self.abs)
         if self.method == "gradient-x-input":
             return self._algo.attribute(images, target=target)
         if self.method == "occlusion":
             c = images.shape[1]
-            return self._algo.attribute(
-                images,
-                sliding_window_shapes=(c, self.window, self.window),
-                strides=(c, self.stride, self.stride),
-                baselines=self.baseline,
-                target=target,
-            )
+            return self._algo.attribute(images, sliding_window_shapes=(c, self.window, self.window),
+                                        strides=(c, self.stride, self.stride), baselines=self.baseline,
+                                        target=target)
         return self._attribute_grad_cam(images, target)
 
     def _attribute_grad_cam(self, images: torch.Tensor, target: Any) -> torch.Tensor:
