@@ -130,19 +130,23 @@ class Run:
 
     # -- feature cache -------------------------------------------------------------------
     def features(self, layers: Sequence[str], split: str = "train", *, dtype: str = "float32",
-                 include_input: bool = False) -> FeatureSet:
+                 include_input: bool = False,
+                 transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+                 transform_id: str = "") -> FeatureSet:
         """Hidden states of the frozen model for ``split``, computed once and cached on disk.
 
         The set also holds ``labels`` and, with ``include_input``, ``input`` (the
-        model-ready inputs after ``preprocess``).
+        model-ready inputs after ``preprocess``). ``transform(layer, states)``
+        reduces states before they are stored (e.g. pooling); give it a
+        ``transform_id`` that changes whenever its result would.
         """
         assert self.model is not None and self.data is not None
         dataset = self.data.train if split == "train" else self.data.test
         model = self.model
         base = {"model": model.fingerprint(), "data": self._data_fingerprint(), "split": split,
-                "n": len(dataset), "dtype": dtype}
+                "n": len(dataset), "dtype": dtype, "transform": transform_id if transform else ""}
         names = list(layers) + (["input"] if include_input else []) + ["labels"]
-        keys = {n: cache_key(layer=n, **base) for n in names}
+        keys = {n: cache_key(layer=n, **(base if n in layers else {**base, "transform": ""})) for n in names}
 
         def compute(wanted: Sequence[str]) -> Iterable[dict[str, Any]]:
             real = [n for n in wanted if n not in ("input", "labels")]
@@ -155,6 +159,8 @@ class Run:
                     out: dict[str, Any] = {"labels": labels}
                     if real:
                         _, states = model.capture(inputs, real)
+                        if transform is not None:
+                            states = {n: transform(n, t) for n, t in states.items()}
                         out.update(states)
                     if "input" in wanted:
                         out["input"] = inputs

@@ -225,7 +225,8 @@ def _loc(loc: Iterable[Any]) -> str:
 
 def spec_error_from_validation(exc: ValidationError, prefix: str = "", model: Any = None) -> SpecError:
     """The first error of a pydantic ValidationError, as a SpecError with key path and fix."""
-    errors = exc.errors()
+    # An unknown key is usually the cause of a "missing" one (a typo), so report it first.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     err = errors[0]
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "MetricSpec"))]
     path = ".".join(filter(None, [prefix, _loc(loc)]))
@@ -234,6 +235,10 @@ def spec_error_from_validation(exc: ValidationError, prefix: str = "", model: An
         if len(errors) > 1 else ""
     if kind == "extra_forbidden":
         valid = sorted(model.model_fields) if model is not None and len(loc) == 1 else []
+        if not valid and model is not None and len(loc) == 2 and loc[0] in model.model_fields:
+            sub = model.model_fields[loc[0]].annotation
+            sub = next((a for a in getattr(sub, "__args__", (sub,)) if hasattr(a, "model_fields")), None)
+            valid = sorted(sub.model_fields) if sub is not None else []
         name = str(loc[-1]) if loc else ""
         fix = "Remove it or check its spelling."
         if valid:

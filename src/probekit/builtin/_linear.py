@@ -11,7 +11,7 @@ from probekit.probe import Probe
 from probekit.training import Trainer
 
 
-def pool_states(x: torch.Tensor, kind: str, pool: str, max_features: int) -> torch.Tensor:
+def pool_states(x: torch.Tensor, pool: str, max_features: int) -> torch.Tensor:
     """Turn a batch of layer states into vectors (see LinearProbeOptions.pool)."""
     if x.dim() == 2:
         return x
@@ -50,15 +50,17 @@ class LinearProbe(Probe):
             run.model.layer(name)  # raises with the list of valid names
         return list(self.layer_names)
 
+    def _features(self, run: Any, names: list[str], split: str) -> Any:
+        # Pool before caching: the probe needs vectors only, and raw maps can be large.
+        return run.features(names, split, transform=lambda n, t: pool_states(t, self.pool, self.max_features),
+                            transform_id=f"pool={self.pool},max={self.max_features}")
+
     def _vectors(self, run: Any, feats: Any, name: str) -> torch.Tensor:
-        kind = run.model.layer(name).kind
-        chunks = [pool_states(b[name], kind, self.pool, self.max_features)
-                  for b in feats.batches(1024, names=[name])]
-        return torch.cat(chunks).float()
+        return torch.cat([b[name] for b in feats.batches(4096, names=[name])]).float()
 
     def fit(self, run: Any) -> None:
         names = self._layers(run)
-        feats = run.features(names, "train")
+        feats = self._features(run, names, "train")
         labels = torch.cat([b["labels"] for b in feats.batches(4096, names=["labels"])])
         num_classes = max(run.data.info.num_classes, int(labels.max()) + 1)
         for name in names:
@@ -88,8 +90,8 @@ class LinearProbe(Probe):
         import matplotlib.pyplot as plt
 
         names = list(self.classifiers)
-        test = run.features(names, "test")
-        train = run.features(names, "train")
+        test = self._features(run, names, "test")
+        train = self._features(run, names, "train")
         rows, acc, train_acc = [], {}, {}
         for name in names:
             clf = self.classifiers[name].eval()

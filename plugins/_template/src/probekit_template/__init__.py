@@ -1,0 +1,34 @@
+"""A template probekit plugin: the hook implementations.
+
+Keep this module light: it is imported whenever probekit lists plugins, so the
+heavy parts (torch code) live in ``_impl`` and are named by import strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from probekit import hookimpl
+from probekit.spec import Options
+
+
+class NormsOptions(Options):
+    layers: list[str] = Field(..., description="Layers whose mean state norm is reported.")
+
+
+class MaeOptions(Options):
+    pass
+
+
+@hookimpl
+def probekit_register_probes(register: Any) -> None:
+    register("norms", "probekit_template._impl:NormsProbe", options=NormsOptions,
+             description="Mean L2 norm of each layer's states on the test set (template plugin).")
+
+
+@hookimpl
+def probekit_register_metrics(register: Any) -> None:
+    register("mae", "probekit_template._impl:MeanAbsoluteError", options=MaeOptions,
+             description="Mean absolute error (template plugin).")
