@@ -110,7 +110,11 @@ class LinearProbe(Probe):
         ax.plot(range(len(names)), [acc[n] for n in names], "o-", label="test")
         ax.plot(range(len(names)), [train_acc[n] for n in names], "s--", alpha=0.6, label="train")
         ax.axhline(chance, color="gray", lw=0.8, ls=":", label="chance")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        labels = []
+        for n in names:
+            module_type = run.model.layer(n).meta.get("module_type")
+            labels.append(f"{n} ({module_type})" if module_type else n)
+        ax.set_xticks(range(len(names)), labels, rotation=45, ha="right")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("layer (depth order)")
         ax.set_ylabel("linear probe accuracy")

@@ -66,6 +66,9 @@ class ModuleAdapter(ModelAdapter):
             names = self._only
         return {n: CapturePoint(n) for n in names}
 
+    def layer_meta(self, name: str, shape: tuple[int, ...]) -> dict[str, Any]:
+        return {"module_type": type(self.model.get_submodule(name)).__name__}
+
     def layers(self):  # type: ignore[override]
         if self.input_shape is None:
             raise ValueError("module adapter: input_shape unknown; give `input_shape: [C, H, W]` in the spec")
