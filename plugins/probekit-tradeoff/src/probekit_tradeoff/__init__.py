@@ -1,0 +1,29 @@
+"""probekit plugin ``tradeoff``: how much classification- and reconstruction-driven information
+can share one latent layer.
+
+This module only registers the probe and its options; it imports neither torch nor any model
+library, so that ``probekit plugins`` stays fast. The implementation lives in private modules that
+the registry imports when a spec uses the probe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from probekit.hookspecs import hookimpl
+from probekit_tradeoff.options import FAMILIES, EncoderOptions, TradeoffOptions
+
+__version__ = "0.1.0"
+__all__ = ["FAMILIES", "EncoderOptions", "TradeoffOptions", "probekit_register_probes"]
+
+
+@hookimpl
+def probekit_register_probes(register: Any) -> None:
+    register(
+        "tradeoff",
+        "probekit_tradeoff._probe:TradeoffProbe",
+        options=TradeoffOptions,
+        description="Classification vs reconstruction through one shared latent: sweeps of lambda, "
+        "latent size and model family, with PCA and random-projection baselines.",
+        needs_model=False,
+    )

@@ -1,0 +1,115 @@
+"""``encoder: {model, layer, trainable}``: a layer of another model as the tradeoff encoder's input.
+
+The model is any registered adapter (``module``, ``vit``, ...). Its layer's states go into the
+family's encoder; the decoder still reconstructs the input image's pixels, so the tradeoff can be
+measured at every depth of a pretrained network. Frozen (``trainable: false``), the states are
+computed once per image into the core's on-disk feature cache and reused by every sweep point and
+epoch. Trainable, the model's weights receive the encoder's lambda-weighted gradient, and every
+sweep point starts again from the model's original weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from probekit.cache import FeatureCache, FeatureSet, cache_key
+from probekit.errors import SpecError
+
+
+class Attached:
+    """A model adapter and one of its layers, feeding the tradeoff's encoder."""
+
+    def __init__(self, adapter: Any, layer: str, trainable: bool, device: torch.device):
+        self.adapter = adapter
+        self.layer = layer
+        self.trainable = trainable
+        self.device = device
+        try:
+            self.in_shape = tuple(adapter.layer(layer).shape)
+        except KeyError as exc:
+            raise SpecError(
+                str(exc.args[0]) if exc.args else str(exc),
+                path="probe.encoder.layer",
+                fix="Pick one of the layers listed (`probekit` shows them in a run's log).",
+            ) from None
+        self.initial_state = copy.deepcopy(adapter.model.state_dict()) if trainable else None
+        for p in adapter.model.parameters():
+            p.requires_grad_(trainable)
+        adapter.model.eval()
+        self.sets: dict[str, FeatureSet] = {}
+
+    @classmethod
+    def build(cls, run: Any, spec: dict[str, Any], train: Any, test: Any) -> Attached:
+        """Build the adapter of ``spec["model"]`` (already validated by its plugin's options model)."""
+        from probekit.plugins import get_plugin_manager
+
+        options = dict(spec["model"])
+        type_name = str(options.pop("type"))
+        entry = get_plugin_manager().get("models", type_name, path="probe.encoder.model.type")
+        adapter = entry.load()(**options)
+        if getattr(adapter, "input_shape", None) is None:
+            adapter.input_shape = tuple(train.images.shape[1:])
+        adapter.to(run.device)
+        self = cls(adapter, spec["layer"], bool(spec.get("trainable", False)), run.device)
+        run.log(
+            f"tradeoff: encoder input is layer '{self.layer}' {self.in_shape} of a {type_name} model "
+            f"({'trainable' if self.trainable else 'frozen'})"
+        )
+        if not self.trainable:
+            data = run.spec.data
+            fingerprint = {
+                "type": data.type,
+                "options": run.options.get("data", {}),
+                "limit": data.limit,
+                "test_limit": data.test_limit,
+                "seed": run.seed,
+            }
+            cache = FeatureCache(run.cache_dir / "features")
+            for name, split in (("train", train), ("test", test)):
+                key = cache_key(
+                    model=adapter.fingerprint(),
+                    layer=self.layer,
+                    data=fingerprint,
+                    split=name,
+                    n=len(split.labels),
+                    dtype="float32",
+                    source="tradeoff",
+                )
+                arrays = cache.get({"feat": key}, self._compute(split.images), info={"split": name})
+                self.sets[name] = FeatureSet(arrays)
+        return self
+
+    def _compute(self, images: torch.Tensor) -> Callable[[Sequence[str]], Iterator[dict[str, Any]]]:
+        def compute(names: Sequence[str]) -> Iterator[dict[str, Any]]:
+            with torch.no_grad():
+                for i in range(0, len(images), 256):
+                    yield {"feat": self.states(images[i : i + 256]).float()}
+
+        return compute
+
+    def states(self, images: torch.Tensor) -> torch.Tensor:
+        """The layer's states for images in [0, 1] (with autograd when trainable)."""
+        _, states = self.adapter.capture(
+            self.adapter.preprocess(images), [self.layer], detach=not self.trainable
+        )
+        return states[self.layer]
+
+    def inputs(
+        self, split: Any, name: str, model: torch.nn.Module
+    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor] | None]:
+        if self.trainable:
+            return (lambda idx: split.images[idx]), (lambda images: model.encoder(self.states(images)))
+        features = self.sets[name]
+        return (lambda idx: features.batch(idx.cpu(), ["feat"])["feat"].to(self.device)), None
+
+    def reset(self) -> None:
+        """Back to the original weights (each sweep point fine-tunes from the same start)."""
+        if self.initial_state is not None:
+            self.adapter.model.load_state_dict(self.initial_state)
+
+    def eval(self) -> None:
+        self.adapter.model.eval()

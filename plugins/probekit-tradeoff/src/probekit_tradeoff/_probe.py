@@ -1,0 +1,321 @@
+"""The ``tradeoff`` probe: sweeps of (family, latent size, lambda), each point trained on its own."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from probekit import checkpoint as ckpt
+from probekit.errors import RunError, SpecError
+from probekit.probe import Probe
+from probekit.training import Trainer, batches_of, epoch_seed
+from probekit_tradeoff._models import TradeoffModel, build_model
+from probekit_tradeoff._routing import routed_losses
+
+COLUMNS = ["family", "latent", "lambda", "test_mse", "test_ce", "accuracy"]
+
+
+def point_name(family: str, latent: int, lam: float) -> str:
+    """File stem of one sweep point (``repr`` keeps distinct lambdas distinct, e.g. 0.999 vs 1.0)."""
+    return f"tradeoff-{family}-L{latent}-lam{lam!r}"
+
+
+@dataclass
+class Split:
+    """One split's images ([0, 1], NCHW, on the run's device) and labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class TradeoffProbe(Probe):
+    """Trains encoder / decoder / classifier models with a routed ``lambda * MSE + (1 - lambda) * CE``
+    for every (family, latent, lambda) of the spec, plus PCA and random-projection baselines, and
+    writes ``results.csv``, ``figures/pareto.png``, ``figures/vs_lambda.png`` and a report section.
+
+    Reconstruction MSE is measured in the decoder's pixel space, [-1, 1] (images in [0, 1] are mapped
+    by ``2 x - 1``, as in the study); it is 4 times the MSE in [0, 1] pixels.
+    """
+
+    needs_model = False
+
+    def __init__(
+        self,
+        families: list[str] | None = None,
+        latents: list[int] | None = None,
+        lambdas: list[float] | None = None,
+        epochs: int = 10,
+        batch_size: int = 512,
+        lr: float = 1e-3,
+        latent_activation: str = "none",
+        baselines: list[str] | None = None,
+        baseline_iters: int = 200,
+        encoder: dict[str, Any] | None = None,
+        reconstructions: int = 8,
+    ):
+        self.families = list(families or ["fc-medium"])
+        self.latents = list(latents or [2, 4, 16, 64])
+        self.lambdas = [float(x) for x in (lambdas if lambdas is not None else [0.0, 0.5, 1.0])]
+        self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+        self.latent_activation = latent_activation
+        self.baseline_kinds = list(baselines if baselines is not None else ["pca", "random"])
+        self.baseline_iters = baseline_iters
+        self.encoder_spec = encoder
+        self.n_recon = reconstructions
+        self.rows: list[dict[str, Any]] = []
+        self.baseline_rows: list[dict[str, Any]] = []
+        self.recon: dict[str, list[list[float]]] = {}
+        self._attached: Any = None
+
+    # -- sweep --------------------------------------------------------------------------------
+    def points(self) -> list[tuple[str, int, float]]:
+        return [(f, L, lam) for f in self.families for L in self.latents for lam in self.lambdas]
+
+    def dry_run(self, run: Any) -> dict[str, Any]:
+        return {
+            "points": [point_name(*p) for p in self.points()],
+            "epochs": self.epochs,
+            "baselines": [f"{k}-L{L}" for k in self.baseline_kinds for L in self.latents],
+        }
+
+    def fit(self, run: Any) -> None:
+        if run.data is None:
+            raise SpecError(
+                "the tradeoff probe needs a `data:` section",
+                path="data",
+                fix="Add e.g. `data: {type: mnist5k}`.",
+            )
+        train, test = self._load(run, run.data.train), self._load(run, run.data.test)
+        self.image_shape = tuple(train.images.shape[1:])
+        self.examples = test.images[: self.n_recon].cpu().numpy()
+        self.num_classes = max(
+            run.data.info.num_classes, int(train.labels.max()) + 1, int(test.labels.max()) + 1
+        )
+        if self.encoder_spec is not None:
+            from probekit_tradeoff._attach import Attached
+
+            self._attached = Attached.build(run, self.encoder_spec, train, test)
+        points = self.points()
+        run.log(
+            f"tradeoff: {len(points)} sweep points ({', '.join(self.families)}; L = {self.latents}; "
+            f"lambda = {self.lambdas}), {self.epochs} epochs each, batch {self.batch_size}"
+        )
+        self.rows = []
+        for i, (family, latent, lam) in enumerate(points):
+            row = self._point(run, family, latent, lam, train, test)
+            self.rows.append(row)
+            run.log(
+                f"tradeoff [{i + 1}/{len(points)}] {family} L={latent} lambda={lam:g}: accuracy "
+                f"{row['accuracy']:.4f}, test MSE {row['test_mse']:.4f}, test CE {row['test_ce']:.4f}"
+            )
+        self.baseline_rows = []
+        for kind in self.baseline_kinds:
+            for latent in self.latents:
+                row = self._baseline(run, kind, latent, train, test)
+                self.baseline_rows.append(row)
+                run.log(
+                    f"tradeoff baseline {kind} L={latent}: accuracy {row['accuracy']:.4f}, "
+                    f"test MSE {row['test_mse']:.4f}"
+                )
+
+    # -- data ---------------------------------------------------------------------------------------
+    def _load(self, run: Any, dataset: Any) -> Split:
+        images, labels = [], []
+        for x, y in run.loader(dataset, batch_size=1024):
+            images.append(x.float())
+            labels.append(torch.as_tensor(y).long())
+        if not images:
+            raise SpecError("the dataset split is empty", path="data", fix="Check data.limit / test_limit.")
+        x = torch.cat(images)
+        if x.dim() != 4:
+            raise SpecError(
+                f"the tradeoff probe needs image data (N, C, H, W); got shape {tuple(x.shape)}",
+                path="data.type",
+                fix="Use an image dataset such as mnist5k, digits or torchvision.",
+            )
+        return Split(x.to(run.device), torch.cat(labels).to(run.device))
+
+    # -- one point ----------------------------------------------------------------------------------
+    def _build(self, run: Any, family: str, latent: int) -> TradeoffModel:
+        in_shape = self._attached.in_shape if self._attached is not None else self.image_shape
+        # the same initial weights for every lambda of a (family, latent): a paired comparison
+        torch.manual_seed(epoch_seed(run.seed, 0, f"tradeoff-init {family} L{latent}"))
+        try:
+            model = build_model(
+                family,
+                latent,
+                in_shape=in_shape,
+                image_shape=self.image_shape,
+                num_classes=self.num_classes,
+                activation=self.latent_activation,
+            )
+        except ValueError as exc:
+            raise SpecError(
+                str(exc), path="probe.families", fix="Choose a family that fits the input."
+            ) from None
+        return model.to(run.device)
+
+    def _point(
+        self, run: Any, family: str, latent: int, lam: float, train: Split, test: Split
+    ) -> dict[str, Any]:
+        stem = point_name(family, latent, lam)
+        result_path = run.checkpoint_dir / f"{stem}.json"
+        train_ckpt = run.checkpoint_dir / f"{stem}.pt"
+        config = self._config(family, latent, lam)
+        if result_path.exists():
+            saved = json.loads(result_path.read_text())
+            if saved.get("config") == config:
+                train_ckpt.unlink(missing_ok=True)  # left over from a kill between the two writes below
+                self.recon[stem] = saved.get("reconstructions", [])
+                return {k: saved[k] for k in COLUMNS}
+            run.log(f"tradeoff: {result_path.name} was written with other settings; training again")
+            result_path.unlink()
+        model = self._build(run, family, latent)
+        modules: dict[str, torch.nn.Module] = {"model": model}
+        params = list(model.parameters())
+        attached = self._attached
+        if attached is not None and attached.trainable:
+            attached.reset()
+            modules["backbone"] = attached.adapter.model
+            params += [p for p in attached.adapter.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=self.lr)
+        trainer = Trainer(
+            modules,
+            optimizer,
+            epochs=self.epochs,
+            checkpoint=train_ckpt,
+            seed=run.seed,
+            tag=f"tradeoff {family} L{latent}",
+            progress=run.progress,
+            log=lambda m: run.debug(f"[lambda={lam:g}] {m}"),
+        )
+        inputs, encode = self._inputs(train, "train", model)
+        n = len(train.labels)
+
+        def step(idx: torch.Tensor) -> torch.Tensor:
+            idx = idx.to(train.images.device)
+            target = train.images[idx] * 2 - 1
+            return routed_losses(model, inputs(idx), target, train.labels[idx], lam, encode=encode).loss
+
+        losses = trainer.fit(
+            lambda g: batches_of(n, self.batch_size, g), step, total=math.ceil(n / self.batch_size)
+        )
+        metrics, recon = self._evaluate_model(model, test, lam)
+        row = {"family": family, "latent": latent, "lambda": lam, **metrics}
+        # weights (without optimizer state) and results, then drop the training checkpoint: a kill
+        # at any point leaves either the checkpoint or the finished point
+        from safetensors.torch import save
+
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        with ckpt.atomic_open(run.checkpoint_dir / f"{stem}.safetensors", "wb") as f:
+            f.write(save(state))
+        self.recon[stem] = recon
+        ckpt.write_json(
+            result_path, {**row, "config": config, "train_losses": losses, "reconstructions": recon}
+        )
+        train_ckpt.unlink(missing_ok=True)
+        return row
+
+    def _config(self, family: str, latent: int, lam: float) -> dict[str, Any]:
+        return {
+            "family": family,
+            "latent": latent,
+            "lambda": lam,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "latent_activation": self.latent_activation,
+            "encoder": None
+            if self.encoder_spec is None
+            else json.loads(json.dumps(self.encoder_spec, default=str)),
+        }
+
+    def _inputs(
+        self, split: Split, name: str, model: TradeoffModel
+    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor] | None]:
+        """``inputs(idx)`` -> the encoder's input for a batch, and the ``encode`` function to use."""
+        if self._attached is None:
+            return (lambda idx: split.images[idx] * 2 - 1), None
+        return self._attached.inputs(split, name, model)
+
+    @torch.no_grad()
+    def _evaluate_model(
+        self, model: TradeoffModel, test: Split, lam: float
+    ) -> tuple[dict[str, float], list[list[float]]]:
+        model.eval()
+        if self._attached is not None:
+            self._attached.eval()
+        inputs, encode = self._inputs(test, "test", model)
+        sq, ce, correct, n = 0.0, 0.0, 0, 0
+        for idx in batches_of(len(test.labels), 1024):
+            idx = idx.to(test.images.device)
+            target = test.images[idx] * 2 - 1
+            out = routed_losses(model, inputs(idx), target, test.labels[idx], lam, encode=encode)
+            sq += float(out.mse) * target.numel()
+            ce += float(out.ce) * len(idx)
+            correct += int((out.logits.argmax(1) == test.labels[idx]).sum())
+            n += len(idx)
+        k = min(self.n_recon, len(test.labels))
+        recon: list[list[float]] = []
+        if k:
+            idx = torch.arange(k, device=test.images.device)
+            out = routed_losses(
+                model, inputs(idx), test.images[idx] * 2 - 1, test.labels[idx], lam, encode=encode
+            )
+            recon = [[round(float(v), 4) for v in r.flatten()] for r in ((out.recon + 1) / 2).cpu()]
+        numel = n * math.prod(self.image_shape)
+        return {"test_mse": sq / numel, "test_ce": ce / n, "accuracy": correct / n}, recon
+
+    # -- baselines ------------------------------------------------------------------------------
+    def _baseline(self, run: Any, kind: str, latent: int, train: Split, test: Split) -> dict[str, Any]:
+        from probekit_tradeoff._baselines import baseline
+
+        path = run.checkpoint_dir / f"tradeoff-{kind}-L{latent}.json"
+        config = {"kind": kind, "latent": latent, "iters": self.baseline_iters, "seed": run.seed}
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("config") == config:
+                return {k: saved[k] for k in COLUMNS}
+        row = baseline(
+            kind,
+            latent,
+            (train.images * 2 - 1).flatten(1).cpu(),
+            train.labels.cpu(),
+            (test.images * 2 - 1).flatten(1).cpu(),
+            test.labels.cpu(),
+            self.num_classes,
+            seed=epoch_seed(run.seed, 0, f"tradeoff-random L{latent}"),
+            max_iter=self.baseline_iters,
+        )
+        if row["components"] < latent:
+            run.log(
+                f"tradeoff baseline {kind} L={latent}: only {row['components']} components exist "
+                f"(the images have {row['components']} pixels)"
+            )
+        ckpt.write_json(path, {**row, "config": config})
+        return {k: row[k] for k in COLUMNS}
+
+    # -- results ------------------------------------------------------------------------------------
+    def evaluate(self, run: Any) -> dict[str, Any]:
+        if not self.rows:
+            raise RunError("tradeoff: nothing was trained (fit did not run)")
+        from probekit_tradeoff._report import figures, report_section, summary
+
+        run.write_csv("results.csv", self.rows + self.baseline_rows, COLUMNS)
+        figures(run, self)
+        summ = summary(self)
+        run.add_report("Classification vs reconstruction tradeoff", report_section(self, summ))
+        return summ
+
+
+def load_point_weights(run_dir: str | Path, family: str, latent: int, lam: float) -> dict[str, torch.Tensor]:
+    """The trained weights of one finished sweep point of a run directory."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run_dir) / "checkpoints" / f"{point_name(family, latent, lam)}.safetensors"))
