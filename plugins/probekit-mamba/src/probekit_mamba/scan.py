@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["segment_sum", "selective_scan", "ssd_scan"]
+__all__ = ["linear_recurrence", "segment_sum", "selective_scan", "ssd_scan"]
 
 
 def segment_sum(x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +61,44 @@ def segment_sum(x: torch.Tensor) -> torch.Tensor:
 
 def _pad_len(length: int, chunk_size: int) -> int:
     return (chunk_size - length % chunk_size) % chunk_size
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    """``h[0] = x[0]``, ``h[i] = a[i] * h[i-1] + x[i]`` along dim 0, with a hand-written backward.
+
+    Why not autograd through a Python loop: that records several graph nodes per step and keeps a
+    list of step outputs plus their stacked copy. The backward of a linear recurrence is the same
+    recurrence run in reverse (``g[i] = dh[i] + a[i+1] * g[i+1]``), so forward and backward are
+    each ``len`` fused multiply-adds on contiguous slices, and only ``a`` and ``h`` are stored.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        a, x = a.contiguous(), x.contiguous()
+        h = torch.empty_like(x)
+        h[0] = x[0]
+        for i in range(1, x.shape[0]):
+            torch.addcmul(x[i], a[i], h[i - 1], out=h[i])
+        ctx.save_for_backward(a, h)
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        a, h = ctx.saved_tensors
+        dh = dh.contiguous()
+        g = torch.empty_like(dh)  # gradient w.r.t. x: dL/dh[i] including all later steps
+        g[-1] = dh[-1]
+        for i in range(dh.shape[0] - 2, -1, -1):
+            torch.addcmul(dh[i], a[i + 1], g[i + 1], out=g[i])
+        da = torch.zeros_like(a)
+        da[1:] = g[1:] * h[:-1]
+        return da, g
+
+
+def linear_recurrence(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``h[i] = a[i] * h[i-1] + x[i]`` along dim 0 from ``h[-1] = 0`` (same shapes; differentiable)."""
+    return _LinearRecurrence.apply(a, x)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -92,37 +130,33 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     pad = _pad_len(length, t)
     nc = (length + pad) // t
 
-    # Layout (batch, d, chunk, position-in-chunk, n); padded positions get dt = 0: decay 1, input 0.
-    dt_c = F.pad(dt, (0, pad)).view(batch, d, nc, t)
-    u_c = F.pad(u.to(cdt), (0, pad)).view(batch, d, nc, t)
-    B_c = F.pad(B.to(cdt), (0, pad)).view(batch, 1, n, nc, t).permute(0, 1, 3, 4, 2)
-    C_c = F.pad(C.to(cdt), (0, pad)).view(batch, 1, n, nc, t).permute(0, 1, 3, 4, 2)
-    log_decay = dt_c[..., None] * A.to(cdt)[None, :, None, None, :]  # (b, d, c, t, n), <= 0
+    # Layout (position-in-chunk, batch, d, chunk, n), so that one position of every chunk is one
+    # contiguous slice. Padded positions get dt = 0: decay 1 and input 0.
+    dt_c = F.pad(dt, (0, pad)).view(batch, d, nc, t).permute(3, 0, 1, 2).contiguous()  # (t, b, d, c)
+    u_c = F.pad(u.to(cdt), (0, pad)).view(batch, d, nc, t).permute(3, 0, 1, 2)
+    # (t, b, 1, c, n), made contiguous once: the broadcasts below read them n*d times
+    B_c = F.pad(B.to(cdt), (0, pad)).view(batch, n, nc, t).permute(3, 0, 2, 1).contiguous()[:, :, None]
+    C_c = F.pad(C.to(cdt), (0, pad)).view(batch, n, nc, t).permute(3, 0, 2, 1).contiguous()[:, :, None]
+    log_decay = dt_c[..., None] * A.to(cdt)[None, None, :, None, :]  # (t, b, d, c, n), all <= 0
     inputs = (dt_c * u_c)[..., None] * B_c  # dt_t * B_t * u_t
 
-    # 1. States inside each chunk from a zero start, all chunks at once. A short recurrence over
-    #    the chunk's positions; unbind/stack (not indexing) keeps its backward linear in L.
-    decay = torch.exp(log_decay)
-    a_steps = decay.unbind(3)
-    x_steps = inputs.unbind(3)
-    h = x_steps[0]
-    local = [h]
-    for a_t, x_t in zip(a_steps[1:], x_steps[1:]):
-        h = a_t * h + x_t
-        local.append(h)
-    local_states = torch.stack(local, dim=3)  # (b, d, c, t, n)
+    # 1. States inside every chunk from a zero start, all chunks at once: a recurrence over the
+    #    chunk's t positions (each step one fused multiply-add on a (b, d, c, n) slice).
+    local_states = linear_recurrence(torch.exp(log_decay), inputs)  # (t, b, d, c, n)
 
-    # 2. State entering each chunk: decayed sum of the earlier chunks' end states.
-    cum = torch.cumsum(log_decay, dim=3)  # (b, d, c, t, n), <= 0: decay from the chunk start
-    chunk_log = cum[:, :, :, -1, :].permute(0, 1, 3, 2)  # (b, d, n, c): log-decay over each chunk
-    # slot 0 is the (zero) initial state, slot j+1 the end state of chunk j; entry [i, j] of the
-    # segment sum over the padded log-decays is the log-decay over chunks j .. i-1
-    ends = F.pad(local_states[:, :, :, -1, :].permute(0, 1, 3, 2), (1, 0))  # (b, d, n, c+1)
-    between = torch.exp(segment_sum(F.pad(chunk_log, (1, 0))))  # (b, d, n, c+1, c+1)
-    starts = torch.einsum("bdnij,bdnj->bdni", between, ends)[..., :-1]  # (b, d, n, c): entering chunk i
-    states = local_states + torch.exp(cum) * starts.permute(0, 1, 3, 2)[:, :, :, None, :]
+    # 2. Carry across chunks: the state entering chunk i is the state entering chunk i-1, decayed
+    #    over chunk i-1, plus chunk i-1's own end state (again a linear recurrence, over chunks).
+    #    Decays from the chunk start are exp of cumulative sums of log-decays (<= 0, in [0, 1]);
+    #    dt * A has A constant in time, so the cumulative log-decay is cumsum(dt) * A, a cumulative
+    #    sum over the (t, b, d, c) tensor rather than the n times larger one.
+    from_start = torch.exp(torch.cumsum(dt_c, dim=0)[..., None] * A.to(cdt)[None, None, :, None, :])
+    over_chunk = from_start[-1].permute(2, 0, 1, 3)  # (c, b, d, n)
+    ends = local_states[-1].permute(2, 0, 1, 3)
+    starts = linear_recurrence(F.pad(over_chunk[:-1], (0, 0, 0, 0, 0, 0, 1, 0)),
+                               F.pad(ends[:-1], (0, 0, 0, 0, 0, 0, 1, 0)))  # (c, b, d, n); chunk 0: zero
+    states = torch.addcmul(local_states, from_start, starts.permute(1, 2, 0, 3)[None])  # (t, b, d, c, n)
 
-    y = (states * C_c).sum(-1).reshape(batch, d, nc * t)[..., :length]
+    y = (states * C_c).sum(-1).permute(1, 2, 3, 0).reshape(batch, d, nc * t)[..., :length]
     if D is not None:
         y = y + u.to(cdt) * D.to(cdt)[None, :, None]
     if z is not None:
@@ -131,9 +165,10 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     extra: list[torch.Tensor] = []
     if return_last_state:
         # the padded tail has decay 1 and input 0, so the last padded state is the state after L
-        extra.append(states[:, :, -1, -1, :].to(in_dtype))
+        extra.append(states[-1, :, :, -1].to(in_dtype, copy=True))  # a copy: not a view of all states
     if return_states:
-        extra.append(states.reshape(batch, d, nc * t, n)[:, :, :length].permute(0, 2, 1, 3).to(in_dtype))
+        every = states.permute(1, 3, 0, 2, 4).reshape(batch, nc * t, d, n)[:, :length]
+        extra.append(every.to(in_dtype))
     return (y, *extra) if extra else y
 
 
