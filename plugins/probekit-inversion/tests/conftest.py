@@ -4,10 +4,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+# the test helpers module lives next to this file
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep feature and model caches out of the user's home."""
     monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path_factory.getbasetemp() / "probekit-cache"))
+
+
+@pytest.fixture
+def test_models():
+    """Register the test adapters (tests/helpers.py) as model types for one test."""
+    from inversion_helpers import Suggestions, TestModels
+
+    from probekit.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    plugins = [(TestModels(), "inversion-test-models"), (Suggestions(), "inversion-test-defaults")]
+    for plugin, name in plugins:
+        pm.register(plugin, name=name)
+    yield pm
+    for plugin, _ in plugins:
+        pm.unregister(plugin)

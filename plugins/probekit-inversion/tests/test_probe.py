@@ -1,0 +1,174 @@
+"""The inversion probe through the runner: modular / end-to-end / chained, exact inverses, DETR-like model."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from inversion_helpers import InvertibleAdapter, TinyDetrAdapter
+from probekit_inversion.modules import InverseChain
+from probekit_inversion.probe import InversionProbe, merge_defaults
+
+import probekit
+from probekit.runner import execute, prepare
+from probekit.spec import load_spec
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def cnn_spec(**probe) -> dict:
+    return {
+        "name": "inv-cnn",
+        "seed": 0,
+        "device": "cpu",
+        "model": {
+            "type": "module",
+            "factory": "probekit.testing:small_cnn",
+            "kwargs": {"in_channels": 1, "num_classes": 10, "width": 4},
+        },
+        "data": {"type": "digits", "limit": 160, "test_limit": 40, "batch_size": 64},
+        "probe": {"type": "inversion", "layers": ["2", "6", "9"], "epochs": 2, "batch_size": 32, **probe},
+    }
+
+
+def test_merge_defaults_spec_wins():
+    merged = merge_defaults(
+        {"architecture": {"depth": 3, "heads": None}},
+        [None, {"architecture": {"depth": 1, "heads": 4}}, {"hidden": 99, "epochs": 5}],
+    )
+    assert merged["architecture"] == {"depth": 3, "heads": 4, "hidden": 99}
+
+
+def test_modular_end_to_end_and_chained_report_the_same_table(tmp_path):
+    tables = {}
+    for mode, target in (("modular", "cached"), ("end-to-end", "cached"), ("modular", "chained")):
+        out = tmp_path / f"{mode}-{target}"
+        results = probekit.run(cnn_spec(mode=mode, target=target), out)
+        rows = read_rows(out / "results.csv")
+        assert list(rows[0]) == ["layer", "metric", "value"]
+        tables[(mode, target)] = rows
+        assert {(r["layer"], r["metric"]) for r in rows} == {
+            (n, m) for n in ("2", "6", "9") for m in ("mse", "psnr", "ssim")
+        }
+        assert all(math.isfinite(float(r["value"])) for r in rows)
+        assert (out / "figures" / "reconstructions.png").stat().st_size > 1000
+        assert (out / "figures" / "error_vs_depth.png").stat().st_size > 1000
+        assert "Feature inversion" in (out / "report.md").read_text()
+        assert results["mode"] == mode
+        ckpts = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))
+        if mode == "modular":
+            assert ckpts == ["inverse-00-2.pt", "inverse-01-6.pt", "inverse-02-9.pt"]
+            assert set(results["module_test_loss"]) == {"2", "6", "9"}
+        else:
+            assert ckpts == ["e2e-01-2.pt", "e2e-02-6.pt", "e2e-03-9.pt"]
+        if target == "chained":
+            assert len(list((out / "checkpoints" / "chained").iterdir())) >= 2  # predictions of 9->6 and 6->2
+    # the first module is identical in cached and chained modular training (it sees cached states of 9 only
+    # in the chained case when it is the top module, so compare the top module instead)
+    cached = {(r["layer"], r["metric"]): r["value"] for r in tables[("modular", "cached")]}
+    chained = {(r["layer"], r["metric"]): r["value"] for r in tables[("modular", "chained")]}
+    assert cached != chained
+
+
+def _exact_fit(self: InversionProbe, run) -> None:
+    """Replaces training: the chain is the exact inverse of each layer of the invertible test model."""
+    self.plan(run)
+    self.chain = InverseChain(run.model.exact_inverses(self.names))
+    self.target_var = {s.name: 1.0 for s in self.sites}
+
+
+def test_chain_of_exact_inverses_reproduces_the_input(tmp_path, test_models, monkeypatch):
+    monkeypatch.setattr(InversionProbe, "fit", _exact_fit)
+    spec = {
+        "name": "exact",
+        "device": "cpu",
+        "model": {"type": "invertible"},
+        "data": {"type": "digits", "limit": 32, "test_limit": 24, "batch_size": 16},
+        "probe": {
+            "type": "inversion",
+            "layers": ["lin2", "lin1", "flat", "act"],
+            "analyses": ["correlation"],
+        },
+    }
+    results = probekit.run(spec, tmp_path / "run")
+    for layer in ("flat", "lin1", "act", "lin2"):
+        assert results["mse"][layer] < 1e-10
+        assert results["module_test_loss"][layer] < 1e-10
+        assert results["psnr"][layer] > 80
+    rows = read_rows(tmp_path / "run" / "results_correlation.csv")
+    by = {(r["layer"], r["decoder"], r["metric"]): float(r["value"]) for r in rows}
+    assert by[("lin1", "lin1", "mse")] < 1e-10
+    assert by[("lin1", "lin2", "mse")] > 1e-3  # decoding lin1's states with lin2's chain is not exact
+    assert len({(r["layer"], r["decoder"]) for r in rows}) == 16  # every layer has the same shape (16,)
+
+
+def test_chain_of_exact_inverses_direct():
+    adapter = InvertibleAdapter(channels=3, size=4, seed=1)
+    x = adapter.preprocess(torch.rand(5, 3, 4, 4))
+    _, states = adapter.capture(x, ["act"])
+    chain = InverseChain(adapter.exact_inverses(["act"]))
+    torch.testing.assert_close(
+        adapter.postprocess(chain(states["act"])), adapter.postprocess(x), atol=1e-5, rtol=0
+    )
+
+
+def test_detr_like_model_end_to_end(tmp_path, test_models):
+    spec = {
+        "name": "detr-like",
+        "device": "cpu",
+        "model": {"type": "tinydetr"},
+        "data": {"type": "photos", "size": 16, "n": 40, "batch_size": 16},
+        "probe": {
+            "type": "inversion",
+            "layers": "all",
+            "epochs": 1,
+            "batch_size": 16,
+            "analyses": ["correlation"],
+            "architecture": {"heads": 1},
+        },
+    }
+    run = prepare(load_spec(spec), tmp_path / "run")
+    results = execute(run)
+    probe = run.probe
+    # adapter suggestions (tests/inversion_helpers.py: depth 2, hidden 48) fill what the spec leaves unset
+    assert (probe.arch.depth, probe.arch.hidden, probe.arch.heads) == (2, 48, 1)
+    kinds = [type(step.core).__name__ for step in probe.chain.steps]
+    assert kinds == [
+        "ConvUpsampler",
+        "TokensToMap",
+        "TokenBlocks",
+        "QueryDecoder",
+        "TokenBlocks",
+        "MLPInverse",
+    ]
+    assert len(probe.chain.steps[2].core.blocks.layers) == 2
+    names = [layer.name for layer in TinyDetrAdapter().layers()]
+    assert set(results["mse"]) == set(names)
+    rows = read_rows(tmp_path / "run" / "results_correlation.csv")
+    pairs = {(r["layer"], r["decoder"]) for r in rows}
+    assert ("encoder.0", "encoder.1") in pairs and ("decoder.1", "decoder.0") in pairs
+    assert ("backbone", "encoder.0") not in pairs  # shapes differ
+    assert (tmp_path / "run" / "figures" / "correlation.png").exists()
+
+
+def test_detr_plugin_end_to_end(tmp_path):
+    """The real DETR adapter of probekit-detr (when installed), tiny config, through the registry."""
+    pytest.importorskip("probekit_detr")
+    pytest.importorskip("transformers")
+    from probekit.plugins import get_plugin_manager
+
+    if "detr" not in get_plugin_manager().names("models"):
+        pytest.skip("probekit-detr does not register `detr` yet")
+    spec = load_spec(
+        Path(__file__).parents[3] / "examples" / "detr-inversion.yaml",
+        ["probe.epochs=1", "data.n=24", "probe.analyses=[]"],
+    )
+    results = probekit.run(spec, tmp_path / "run")
+    assert "backbone" in results["mse"] and all(math.isfinite(v) for v in results["mse"].values())
+    assert (tmp_path / "run" / "figures" / "reconstructions.png").exists()
