@@ -87,6 +87,30 @@ def test_sigkill_during_training_then_resume_gives_identical_metrics(tmp_path, d
         env = {"PROBEKIT_CACHE": str(cache)}
 
 
+def test_sigterm_checkpoints_mid_epoch_and_resume_gives_identical_metrics(tmp_path, digits_spec):
+    spec = digits_spec(epochs=15, batch_size=32)
+    spec["model"]["train"]["epochs"] = 2
+    path = _write_spec(tmp_path, spec)
+    ref = _cli("run", str(path), "-o", str(tmp_path / "ref"), "-q", env={"PROBEKIT_CACHE": str(tmp_path / "c0")})
+    assert ref.returncode == 0, ref.stderr
+    run_dir = tmp_path / "term"
+    env = {**os.environ, "PROBEKIT_CACHE": str(tmp_path / "c1")}
+    proc = subprocess.Popen([sys.executable, "-m", "probekit", "run", str(path), "-o", str(run_dir), "-q"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "linear-5.pt").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "checkpoint" in err and "--resume" in err
+    res = _cli("run", str(path), "-o", str(run_dir), "--resume", "-q", env={"PROBEKIT_CACHE": str(tmp_path / "c1")})
+    assert res.returncode == 0, res.stderr
+    assert "and step" in (run_dir / "log.txt").read_text()  # resumed inside the interrupted epoch
+    assert (run_dir / "metrics.json").read_text() == (tmp_path / "ref" / "metrics.json").read_text()
+
+
 def test_run_without_model_for_a_probe_that_needs_one(tmp_path, digits_spec):
     spec = digits_spec()
     del spec["model"]

@@ -120,8 +120,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     prepared = runner.prepare(loaded, Path(args.output) if args.output else None, resume=args.resume,
                               overwrite=args.overwrite, quiet=args.quiet)
+    from probekit.training import StopRequested
+
     try:
         results = runner.execute(prepared)
+    except StopRequested as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 143
     except (ProbekitError, KeyError, ValueError) as exc:
         from probekit.errors import SpecError
 

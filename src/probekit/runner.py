@@ -153,8 +153,13 @@ class Run:
             model.model.eval()
             loader = self.loader(dataset)
             self.log(f"feature cache: computing {', '.join(wanted)} for {len(dataset)} {split} examples")
+            from probekit.training import StopRequested, stop_requested
+
             with torch.no_grad():
                 for images, labels in self.progress(loader, total=len(loader), desc=f"features {split}"):
+                    if stop_requested():
+                        raise StopRequested("stopped on request while computing features (nothing of the "
+                                            "cache entry was kept); continue with --resume")
                     inputs = model.preprocess(images.to(self.device))
                     out: dict[str, Any] = {"labels": labels}
                     if real:
@@ -311,6 +316,7 @@ def execute(run: Run) -> dict[str, Any]:
     run._log_file = open(run.run_dir / "log.txt", "a")  # noqa: SIM115 - closed below
     pm = get_plugin_manager()
     start = time.time()
+    restore = _install_sigterm_handler(run)
     try:
         run.log(f"run '{run.spec.name}' in {run.run_dir} on {run.device}" + (" (resumed)" if run.resume else ""))
         seed_everything(run.seed)
@@ -346,8 +352,33 @@ def execute(run: Run) -> dict[str, Any]:
             pass
         raise
     finally:
+        restore()
         run._log_file.close()
         run._log_file = None
+
+
+def _install_sigterm_handler(run: Run) -> Callable[[], None]:
+    """On SIGTERM, let training checkpoint after its current step, then stop (see Trainer)."""
+    import signal
+    import threading
+
+    from probekit.training import clear_stop, request_stop
+
+    clear_stop()
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: Any) -> None:
+        run.debug("SIGTERM received: checkpointing after the current step")
+        request_stop()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+        clear_stop()
+
+    return restore
 
 
 def run(spec: str | Path | Mapping[str, Any] | LoadedSpec, run_dir: str | Path | None = None, *,

@@ -20,6 +20,28 @@ from probekit import checkpoint as ckpt
 from probekit.errors import RunError
 
 
+class StopRequested(RunError):
+    """The run was asked to stop (SIGTERM); the training state was checkpointed first."""
+
+
+_stop_requested = False
+
+
+def request_stop() -> None:
+    """Ask every running :class:`Trainer` to checkpoint after its current step and stop."""
+    global _stop_requested
+    _stop_requested = True
+
+
+def stop_requested() -> bool:
+    return _stop_requested
+
+
+def clear_stop() -> None:
+    global _stop_requested
+    _stop_requested = False
+
+
 def epoch_seed(seed: int, epoch: int, tag: str = "") -> int:
     """A reproducible seed for one epoch of one training job."""
     import zlib
@@ -57,6 +79,7 @@ class Trainer:
         self.scheduler = scheduler
         self.epoch = 0
         self.losses: list[float] = []
+        self._partial: dict[str, Any] | None = None  # mid-epoch state saved on SIGTERM
         self._resume()
 
     @property
@@ -74,9 +97,11 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         self.losses = [float(x) for x in state["losses"]]
-        self.log(f"{self.tag or 'training'}: resumed after epoch {self.epoch}/{self.epochs}")
+        self._partial = state.get("partial")
+        where = f" and step {self._partial['step']}" if self._partial else ""
+        self.log(f"{self.tag or 'training'}: resumed after epoch {self.epoch}/{self.epochs}{where}")
 
-    def _save(self) -> None:
+    def _save(self, partial: dict[str, Any] | None = None) -> None:
         if self.checkpoint is None:
             return
         state: dict[str, Any] = {
@@ -85,6 +110,8 @@ class Trainer:
             "epoch": self.epoch,
             "losses": self.losses,
         }
+        if partial is not None:
+            state["partial"] = partial
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
         ckpt.save(state, self.checkpoint)
@@ -103,11 +130,19 @@ class Trainer:
             generator = torch.Generator().manual_seed(e_seed)
             for m in self.modules.values():
                 m.train()
-            total_loss, count = 0.0, 0
+            total_loss, count, skip = 0.0, 0, 0
+            if self._partial is not None:  # continue an epoch interrupted by SIGTERM
+                skip = int(self._partial["step"])
+                total_loss, count = float(self._partial["loss_sum"]), int(self._partial["count"])
             it: Iterable[Any] = batches(generator)
             if self.progress is not None:
                 it = self.progress(it, total=total, desc=f"{self.tag or 'train'} {self.epoch + 1}/{self.epochs}")
             for i, batch in enumerate(it):
+                if i < skip:
+                    continue
+                if i == skip and self._partial is not None:
+                    torch.set_rng_state(self._partial["rng"])
+                    self._partial = None
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = step(batch)
                 value = float(loss.detach())
@@ -120,6 +155,11 @@ class Trainer:
                 self.optimizer.step()
                 total_loss += value
                 count += 1
+                if _stop_requested:
+                    self._save({"step": i + 1, "loss_sum": total_loss, "count": count,
+                                "rng": torch.get_rng_state()})
+                    raise StopRequested(f"{self.tag or 'training'}: stopped on request at epoch {self.epoch + 1}, "
+                                        f"step {i + 1}, after saving a checkpoint; continue with --resume")
             if self.scheduler is not None:
                 self.scheduler.step()
             self.losses.append(total_loss / max(count, 1))
