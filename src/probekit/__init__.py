@@ -25,7 +25,13 @@ if TYPE_CHECKING:
     from probekit.metric import Metric
     from probekit.plugins import get_plugin_manager
     from probekit.probe import Probe
-    from probekit.registry import create_dataset, create_metric, create_model, create_perturbation, create_probe
+    from probekit.registry import (
+        create_dataset,
+        create_metric,
+        create_model,
+        create_perturbation,
+        create_probe,
+    )
     from probekit.runner import Run, run
     from probekit.spec import Options, load_spec
     from probekit.training import Trainer
@@ -46,7 +52,12 @@ _LAZY = {
     "Trainer": "probekit.training",
 }
 
-__all__ = ["__version__", "hookimpl", *sorted(_LAZY)]
+__all__ = [
+    "CapturePoint", "DataBundle", "DataInfo", "FeatureCache", "FeatureSet", "Layer", "Metric", "ModelAdapter",
+    "Options", "Probe", "ProbekitError", "Run", "SpecError", "Trainer", "__version__", "capture", "create_dataset",
+    "create_metric", "create_model", "create_perturbation", "create_probe", "get_plugin_manager", "hookimpl",
+    "load_spec", "run",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -12,6 +12,15 @@ from typing import IO, Any
 
 import torch
 
+_read_only_roots: list[Path] = []
+
+
+def set_read_only(root: str | os.PathLike[str] | None) -> None:
+    """Drop writes under ``root`` (the run directory, on distributed ranks other than 0); None clears."""
+    _read_only_roots.clear()
+    if root is not None:
+        _read_only_roots.append(Path(root).resolve())
+
 
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
@@ -20,6 +29,13 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     A reader never sees a half-written file, and a crash leaves the old file.
     """
     path = Path(path)
+    if _read_only_roots:
+        resolved = path.resolve()
+        if any(root == resolved or root in resolved.parents for root in _read_only_roots):
+            import io
+
+            yield io.BytesIO() if "b" in mode else io.StringIO()
+            return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     r.add_argument("--dry-run", action="store_true", help="show what the spec would do, without running")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines on stderr")
+    r.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs)")
 
     v = sub.add_parser("validate", help="check a spec and that its types are installed")
     v.add_argument("spec")
@@ -93,6 +95,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _launch(args: argparse.Namespace) -> int:
+    """Re-run this command under torch.distributed.run with N processes on this machine."""
+    import subprocess
+
+    argv = [a for a in sys.argv[1:] if not a.startswith("--nproc")]
+    if "--nproc" in sys.argv[1:]:
+        i = sys.argv.index("--nproc")
+        argv = sys.argv[1:i] + sys.argv[i + 2:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "probekit", *argv]
+    return subprocess.call(cmd)
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from probekit.spec import load_spec
 
@@ -110,6 +125,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from probekit.spec import load_spec
 
     loaded = load_spec(args.spec, args.overrides)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ and not args.dry_run:
+        return _launch(args)
     if args.dry_run:
         from probekit.dryrun import dry_run
 

@@ -8,9 +8,9 @@ from probekit.spec import LoadedSpec
 
 
 def dry_run(loaded: LoadedSpec) -> str:
-    from probekit.registry import create_probe
     from pathlib import Path
 
+    from probekit.registry import create_probe
     from probekit.runner import Run, build_data, default_run_dir, resolve_device
 
     spec = loaded.spec

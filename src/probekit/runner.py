@@ -171,8 +171,14 @@ class Run:
                         out["input"] = inputs
                     yield out
 
+        from probekit import distributed
+
         cache = FeatureCache(self.cache_dir / "features")
-        arrays = cache.get(keys, compute, dtype=dtype, info={"split": split})
+        if distributed.is_main():  # rank 0 computes the entries, the other ranks then read them
+            arrays = cache.get(keys, compute, dtype=dtype, info={"split": split})
+        distributed.barrier()
+        if not distributed.is_main():
+            arrays = cache.get(keys, compute, dtype=dtype, info={"split": split})
         return FeatureSet(arrays)
 
     def _data_fingerprint(self) -> dict[str, Any]:
@@ -306,19 +312,28 @@ def _strip_versions(text: str) -> str:
 
 def execute(run: Run) -> dict[str, Any]:
     """Run a prepared :class:`Run` to the end; return the content of metrics.json."""
+    from probekit import distributed
     from probekit.registry import create_probe
     from probekit.report import write_reports
 
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    run.checkpoint_dir.mkdir(exist_ok=True)
-    run.figures_dir.mkdir(exist_ok=True)
+    distributed.init_from_env(run.device)
+    if distributed.is_main():
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        run.checkpoint_dir.mkdir(exist_ok=True)
+        run.figures_dir.mkdir(exist_ok=True)
+    distributed.barrier()
+    if not distributed.is_main():  # only rank 0 writes the run directory
+        ckpt.set_read_only(run.run_dir)
+        run.quiet = True
     ckpt.write_text(run.run_dir / "spec.yaml", resolved_spec_text(run.loaded))
-    run._log_file = open(run.run_dir / "log.txt", "a")  # noqa: SIM115 - closed below
+    run._log_file = open(run.run_dir / "log.txt", "a") if distributed.is_main() else None  # noqa: SIM115
     pm = get_plugin_manager()
     start = time.time()
     restore = _install_sigterm_handler(run)
     try:
-        run.log(f"run '{run.spec.name}' in {run.run_dir} on {run.device}" + (" (resumed)" if run.resume else ""))
+        world = distributed.world_size()
+        run.log(f"run '{run.spec.name}' in {run.run_dir} on {run.device}" + (" (resumed)" if run.resume else "")
+                + (f", {world} processes" if world > 1 else ""))
         seed_everything(run.seed)
         if run.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -353,7 +368,9 @@ def execute(run: Run) -> dict[str, Any]:
         raise
     finally:
         restore()
-        run._log_file.close()
+        ckpt.set_read_only(None)
+        if run._log_file is not None:
+            run._log_file.close()
         run._log_file = None
 
 

@@ -102,7 +102,9 @@ class Trainer:
         self.log(f"{self.tag or 'training'}: resumed after epoch {self.epoch}/{self.epochs}{where}")
 
     def _save(self, partial: dict[str, Any] | None = None) -> None:
-        if self.checkpoint is None:
+        from probekit import distributed
+
+        if self.checkpoint is None or not distributed.is_main():
             return
         state: dict[str, Any] = {
             "modules": {name: m.state_dict() for name, m in self.modules.items()},
@@ -124,6 +126,9 @@ class Trainer:
         ``generator`` (seeded for the epoch). ``step(batch)`` returns the loss
         to minimise; the trainer does ``zero_grad``, ``backward`` and ``step``.
         """
+        from probekit import distributed
+
+        world = distributed.world_size()
         while self.epoch < self.epochs:
             e_seed = epoch_seed(self.seed, self.epoch, self.tag)
             torch.manual_seed(e_seed)  # dropout and other in-step randomness
@@ -144,14 +149,18 @@ class Trainer:
                     torch.set_rng_state(self._partial["rng"])
                     self._partial = None
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = step(batch)
-                value = float(loss.detach())
+                if world > 1:
+                    value = self._distributed_step(batch, step, world)
+                else:
+                    loss = step(batch)
+                    value = float(loss.detach())
+                    if math.isfinite(value):
+                        loss.backward()
                 if not math.isfinite(value):
                     raise RunError(
                         f"{self.tag or 'training'}: loss is {value} at epoch {self.epoch + 1}, step {i + 1}; "
                         f"the last good checkpoint (after epoch {self.epoch}) is kept. Lower the learning "
                         f"rate or check the data, then run again with --resume.")
-                loss.backward()
                 self.optimizer.step()
                 total_loss += value
                 count += 1
@@ -169,6 +178,22 @@ class Trainer:
         for m in self.modules.values():
             m.eval()
         return list(self.losses)
+
+    def _distributed_step(self, batch: Any, step: Callable[[Any], torch.Tensor], world: int) -> float:
+        """This rank's share of the batch; gradients summed across ranks give the global batch mean."""
+        from probekit import distributed
+
+        local, n_global = distributed.split(batch, distributed.rank(), world)
+        n_local = distributed.local_size(local)
+        params = [p for m in self.modules.values() for p in m.parameters()]
+        if n_local:
+            loss = step(local) * (n_local / n_global)
+            loss.backward()
+            part = loss.detach()
+        else:
+            part = torch.zeros((), device=params[0].device if params else "cpu")
+        distributed.all_reduce_gradients(params)
+        return float(distributed.all_reduce_sum(part))
 
 
 def batches_of(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:

@@ -78,9 +78,10 @@ class LinearProbe(Probe):
                               log=run.debug)
             from probekit.training import batches_of
 
+            n = len(x)
             self.train_losses[name] = trainer.fit(
-                lambda g: batches_of(len(x), self.batch_size, g),
-                lambda idx: F.cross_entropy(clf(x[idx.to(x.device)]), y[idx.to(y.device)]))
+                lambda g, n=n: batches_of(n, self.batch_size, g),
+                lambda idx, clf=clf, x=x, y=y: F.cross_entropy(clf(x[idx.to(x.device)]), y[idx.to(y.device)]))
             self.classifiers[name] = clf
 
     def evaluate(self, run: Any) -> dict[str, Any]:
@@ -96,7 +97,7 @@ class LinearProbe(Probe):
         for name in names:
             clf = self.classifiers[name].eval()
             mean, std = self.stats[name]
-            for split, feats, out in (("test", test, acc), ("train", train, train_acc)):
+            for feats, out in ((test, acc), (train, train_acc)):
                 x = ((self._vectors(run, feats, name) - mean) / std).to(run.device)
                 y = torch.cat([b["labels"] for b in feats.batches(4096, names=["labels"])]).to(run.device)
                 with torch.no_grad():
