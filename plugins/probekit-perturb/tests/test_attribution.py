@@ -5,20 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from probekit_perturb.attribution import Attributor, infidelity_score, sensitivity_score, token_grid
 from torch import nn
 
 import probekit
 from probekit.adapter import ModelAdapter
 from probekit.capture import CapturePoint
-from probekit_perturb.attribution import Attributor, infidelity_score, sensitivity_score, token_grid
 
 
 @pytest.fixture
 def linear():
     """A real linear classifier on 3x4x4 images: the core's mlp with no hidden layer (Flatten, Linear)."""
     torch.manual_seed(0)
-    adapter = probekit.create_model("module", factory="probekit.testing:mlp",
-                                    kwargs={"in_features": 48, "depth": 0, "num_classes": 3}, input_shape=(3, 4, 4))
+    adapter = probekit.create_model(
+        "module",
+        factory="probekit.testing:mlp",
+        kwargs={"in_features": 48, "depth": 0, "num_classes": 3},
+        input_shape=(3, 4, 4),
+    )
     adapter.model.eval()
     for p in adapter.model.parameters():
         p.requires_grad_(False)
@@ -50,19 +54,30 @@ def test_saliency_is_the_weight_and_occlusion_the_pixel_contribution(linear):
     assert torch.allclose(occ, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("method,opts", [("integrated-gradients", {"n_steps": 4}), ("gradient-x-input", {}),
-                                         ("saliency", {"abs": False})])
+@pytest.mark.parametrize(
+    "method,opts",
+    [("integrated-gradients", {"n_steps": 4}), ("gradient-x-input", {}), ("saliency", {"abs": False})],
+)
 def test_infidelity_is_zero_for_exact_attributions(linear, method, opts):
     adapter, x, y, w = linear
     attributor = Attributor(adapter, method, **opts)
     noise = probekit.create_perturbation("noise", std=0.1)
-    scores = infidelity_score(attributor, x, y, noise, n_perturb_samples=5, generator=torch.Generator().manual_seed(0))
+    scores = infidelity_score(
+        attributor, x, y, noise, n_perturb_samples=5, generator=torch.Generator().manual_seed(0)
+    )
     assert scores.shape == (6,)
     assert float(scores.abs().max()) < 1e-9
     # an attribution that is off by a factor of two is unfaithful
     wrong = 2 * attributor.attribute(x, y)
-    bad = infidelity_score(attributor, x, y, noise, n_perturb_samples=5, attributions=wrong,
-                           generator=torch.Generator().manual_seed(0))
+    bad = infidelity_score(
+        attributor,
+        x,
+        y,
+        noise,
+        n_perturb_samples=5,
+        attributions=wrong,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert float(bad.min()) > 1e-4
 
 
@@ -84,24 +99,33 @@ def test_sensitivity_known_answers(linear):
 
 def test_attribution_metrics_bind_to_a_model(linear):
     adapter, x, y, _ = linear
-    m = probekit.create_metric("infidelity", method="gradient-x-input", perturbation={"type": "noise", "std": 0.05},
-                               n_perturb_samples=3)
+    m = probekit.create_metric(
+        "infidelity",
+        method="gradient-x-input",
+        perturbation={"type": "noise", "std": 0.05},
+        n_perturb_samples=3,
+    )
     with pytest.raises(RuntimeError, match=r"needs the model.*bind"):
         m.update(x, y)
     m.bind(adapter)
     m.update(x[:3], y[:3])
     m.update(x[3:], y[3:])
     assert abs(m.compute()) < 1e-9
-    s = probekit.create_metric("sensitivity", method="ig", perturbation={"type": "occlusion", "size": 2},
-                               n_perturb_samples=2).bind(adapter)
+    s = probekit.create_metric(
+        "sensitivity", method="ig", perturbation={"type": "occlusion", "size": 2}, n_perturb_samples=2
+    ).bind(adapter)
     s.update(x, y)
     assert s.compute() > 0.0
 
 
 def test_grad_cam_on_a_feature_map_matches_its_definition():
     torch.manual_seed(0)
-    adapter = probekit.create_model("module", factory="probekit.testing:small_cnn",
-                                    kwargs={"in_channels": 1, "width": 4}, input_shape=(1, 12, 12))
+    adapter = probekit.create_model(
+        "module",
+        factory="probekit.testing:small_cnn",
+        kwargs={"in_channels": 1, "width": 4},
+        input_shape=(1, 12, 12),
+    )
     adapter.model.eval()
     x = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([1, 4, 7])
@@ -124,8 +148,9 @@ class _TinyViT(nn.Module):
         super().__init__()
         self.patch = nn.Conv2d(3, 8, 4, 4)
         self.cls = nn.Parameter(torch.randn(1, 1, 8))
-        self.blocks = nn.Sequential(*[nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
-                                      for _ in range(2)])
+        self.blocks = nn.Sequential(
+            *[nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True) for _ in range(2)]
+        )
         self.head = nn.Linear(8, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,8 +168,11 @@ class _TinyViTAdapter(ModelAdapter):
         self.model = _TinyViT().eval()
 
     def capture_points(self) -> dict[str, CapturePoint]:
-        return {"embed": CapturePoint("patch"), "block.0": CapturePoint("blocks.0"),
-                "block.1": CapturePoint("blocks.1")}
+        return {
+            "embed": CapturePoint("patch"),
+            "block.0": CapturePoint("blocks.0"),
+            "block.1": CapturePoint("blocks.1"),
+        }
 
 
 def test_token_grid_layouts():
@@ -173,6 +201,11 @@ def test_grad_cam_on_vit_tokens_uses_the_patch_grid_and_leaves_the_model_alone()
     assert cam.shape == (2, 3, 16, 16)
     assert torch.allclose(cam, ref, atol=1e-5)
     assert float(cam.abs().sum()) > 0
+    # captum's metrics run on the grid layout too
+    attributor = Attributor(adapter, "grad-cam", layer="block.1")
+    noise = probekit.create_perturbation("noise", std=0.05)
+    assert sensitivity_score(attributor, x, y, noise, n_perturb_samples=2).shape == (2,)
+    assert infidelity_score(attributor, x, y, noise, n_perturb_samples=2, normalize=True).shape == (2,)
 
 
 def test_unknown_method_and_missing_layer_are_clear():

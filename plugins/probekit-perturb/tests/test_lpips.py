@@ -15,8 +15,11 @@ REPO = Path(__file__).resolve().parents[3]  # tests -> probekit-perturb -> plugi
 
 
 def _shared_lpips() -> Path | None:
-    for candidate in (os.environ.get("PROBEKIT_SHARED_LPIPS"), REPO / ".." / "shared" / "data" / "lpips",
-                      REPO / "shared" / "data" / "lpips"):
+    for candidate in (
+        os.environ.get("PROBEKIT_SHARED_LPIPS"),
+        REPO / ".." / "shared" / "data" / "lpips",
+        REPO / "shared" / "data" / "lpips",
+    ):
         if candidate and (Path(candidate) / "alexnet_features.pth").is_file():
             return Path(candidate).resolve()
     return None
@@ -24,8 +27,10 @@ def _shared_lpips() -> Path | None:
 
 SHARED = _shared_lpips()
 needs_weights = pytest.mark.skipif(
-    SHARED is None, reason="AlexNet backbone weights for LPIPS not found: expected <repo>/../shared/data/lpips/"
-                           "alexnet_features.pth (or set PROBEKIT_SHARED_LPIPS to its folder)")
+    SHARED is None,
+    reason="AlexNet backbone weights for LPIPS not found: expected <repo>/../shared/data/lpips/"
+    "alexnet_features.pth (or set PROBEKIT_SHARED_LPIPS to its folder)",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +75,6 @@ def test_weights_from_the_environment_file_or_folder(monkeypatch):
 def test_full_torchvision_state_dict_in_the_hub_cache_is_used(tmp_path):
     """A whole torchvision alexnet() state dict (features + classifier), where torchvision caches it."""
     import torchvision
-
     from probekit_perturb._lpips import torchvision_file_name
 
     model = torchvision.models.alexnet()
@@ -79,7 +83,9 @@ def test_full_torchvision_state_dict_in_the_hub_cache_is_used(tmp_path):
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     hub.mkdir(parents=True)
     torch.save(model.state_dict(), hub / torchvision_file_name("alex"))
-    assert probekit.create_metric("lpips")(_image("ex_p1"), _image("ex_ref")) == pytest.approx(0.137566, abs=2e-6)
+    assert probekit.create_metric("lpips")(_image("ex_p1"), _image("ex_ref")) == pytest.approx(
+        0.137566, abs=2e-6
+    )
 
 
 @needs_weights
@@ -106,9 +112,11 @@ def test_missing_file_from_env_or_spec_is_named(tmp_path, monkeypatch):
         probekit.create_metric("lpips")
     monkeypatch.delenv("PROBEKIT_LPIPS_WEIGHTS")
     spec = tmp_path / "spec.yaml"
-    spec.write_text("model: {type: module, factory: 'probekit.testing:small_cnn'}\n"
-                    "data: {type: digits}\nprobe: {type: robustness, layers: ['2'], perturbations: [{type: noise}]}\n"
-                    "metrics: [{type: lpips, weights: missing/alex.pth}]\n")
+    spec.write_text(
+        "model: {type: module, factory: 'probekit.testing:small_cnn'}\n"
+        "data: {type: digits}\nprobe: {type: robustness, layers: ['2'], perturbations: [{type: noise}]}\n"
+        "metrics: [{type: lpips, weights: missing/alex.pth}]\n"
+    )
     with pytest.raises(probekit.SpecError) as info:
         probekit.load_spec(spec)
     assert "metrics.0.weights" in str(info.value) and "missing/alex.pth" in str(info.value)

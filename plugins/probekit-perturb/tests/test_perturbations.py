@@ -6,10 +6,10 @@ import colorsys
 
 import pytest
 import torch
-
-import probekit
 from probekit_perturb.color import hsv_to_rgb, rgb_to_hsv
 from probekit_perturb.perturbations import PERTURBATIONS
+
+import probekit
 
 ALL = {
     "hue-set": {"color": "green"},
@@ -62,7 +62,9 @@ def test_hue_set_sets_the_hue_and_keeps_saturation_and_value():
     out = probekit.create_perturbation("hue-set", color="blue")(x)
     hsv_in, hsv_out = rgb_to_hsv(x), rgb_to_hsv(out)
     colored = hsv_in[:, 1] > 0.05
-    assert torch.allclose(hsv_out[:, 0][colored], torch.full_like(hsv_out[:, 0][colored], 240 / 360), atol=1e-5)
+    assert torch.allclose(
+        hsv_out[:, 0][colored], torch.full_like(hsv_out[:, 0][colored], 240 / 360), atol=1e-5
+    )
     assert torch.allclose(hsv_out[:, 1:], hsv_in[:, 1:], atol=1e-5)
     by_degrees = probekit.create_perturbation("hue-set", color=240.0)(x)
     assert torch.equal(by_degrees, out)

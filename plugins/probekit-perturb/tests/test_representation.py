@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from probekit_perturb.representation import linear_cka
 
 import probekit
-from probekit_perturb.representation import linear_cka
 
 
 def _reference_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -55,7 +55,7 @@ def test_streaming_cka_metric_equals_the_whole_set_and_flattens_states():
     y = x + 0.5 * torch.randn(64, 4, 3, 3, generator=torch.Generator().manual_seed(1))
     m = probekit.create_metric("cka", dtype="float64")
     for i in range(0, 64, 20):
-        m.update(y[i:i + 20], x[i:i + 20])
+        m.update(y[i : i + 20], x[i : i + 20])
     assert m.compute() == pytest.approx(linear_cka(x.flatten(1), y.flatten(1)), abs=1e-12)
 
 
@@ -64,7 +64,7 @@ def test_cosine_flip_rate_and_logit_distance():
     pert = torch.tensor([[2.0, 0.0], [2.0, 0.0], [1.0, 3.0]])
     cos = probekit.create_metric("cosine")
     cos.update(pert, clean)
-    expected = (1.0 + 0.0 + (3 + 3) / (10 ** 0.5 * 10 ** 0.5)) / 3
+    expected = (1.0 + 0.0 + (3 + 3) / (10**0.5 * 10**0.5)) / 3
     assert cos.compute() == pytest.approx(expected)
     flips = probekit.create_metric("flip_rate")
     flips.update(pert[:2], clean[:2])
@@ -72,7 +72,7 @@ def test_cosine_flip_rate_and_logit_distance():
     assert flips.compute() == pytest.approx(2 / 3)
     dist = probekit.create_metric("logit_distance")
     dist.update(pert, clean)
-    assert dist.compute() == pytest.approx((1.0 + 8 ** 0.5 + 8 ** 0.5) / 3)
+    assert dist.compute() == pytest.approx((1.0 + 8**0.5 + 8**0.5) / 3)
     rel = probekit.create_metric("logit_distance", relative=True)
     rel.update(pert, clean)
-    assert rel.compute() == pytest.approx((1.0 + 8 ** 0.5 / 2 + 8 ** 0.5 / 10 ** 0.5) / 3)
+    assert rel.compute() == pytest.approx((1.0 + 8**0.5 / 2 + 8**0.5 / 10**0.5) / 3)

@@ -18,15 +18,27 @@ def _spec(lpips: bool) -> dict:
     if lpips:
         metrics.append({"type": "lpips", "weights": str(SHARED.resolve())})
     return {
-        "name": "robustness-test", "seed": 0, "device": "cpu",
-        "model": {"type": "module", "factory": "probekit.testing:small_cnn",
-                  "kwargs": {"in_channels": 1, "num_classes": 10, "width": 4}},
+        "name": "robustness-test",
+        "seed": 0,
+        "device": "cpu",
+        "model": {
+            "type": "module",
+            "factory": "probekit.testing:small_cnn",
+            "kwargs": {"in_channels": 1, "num_classes": 10, "width": 4},
+        },
         "data": {"type": "digits", "size": 32, "batch_size": 32},
-        "probe": {"type": "robustness", "layers": ["2", "5", "8"], "limit": 64, "show": 4,
-                  "perturbations": [{"type": "brightness", "factor": 1.0, "name": "identity"},
-                                    {"type": "noise", "std": 0.3},
-                                    {"type": "occlusion", "size": 8, "count": 2}],
-                  "attribution": {"method": "gradient-x-input", "limit": 8, "n_perturb_samples": 2}},
+        "probe": {
+            "type": "robustness",
+            "layers": ["2", "5", "8"],
+            "limit": 64,
+            "show": 4,
+            "perturbations": [
+                {"type": "brightness", "factor": 1.0, "name": "identity"},
+                {"type": "noise", "std": 0.3},
+                {"type": "occlusion", "size": 8, "count": 2},
+            ],
+            "attribution": {"method": "gradient-x-input", "limit": 8, "n_perturb_samples": 2},
+        },
         "metrics": metrics,
     }
 
@@ -45,7 +57,9 @@ def test_robustness_run_writes_results_figures_and_resumes(tmp_path):
     rows = _rows(run_dir / "results.csv")
     labels = ["identity", "noise 0.3", "occlusion size=8 count=2"]
     assert [r["perturbation"] for r in rows[:: len(rows) // 3]] == labels
-    per = 4 * 2 + 2 + (2 if lpips else 1) + 2  # (3 layers + output) x (cka, cosine); flips, distance; image; attr
+    per = (
+        4 * 2 + 2 + (2 if lpips else 1) + 2
+    )  # (3 layers + output) x (cka, cosine); flips, distance; image; attr
     assert len(rows) == 3 * per
     value = {(r["perturbation"], r["layer"], r["metric"]): float(r["value"]) for r in rows}
     for layer in ("2", "5", "8", "output"):
@@ -63,9 +77,15 @@ def test_robustness_run_writes_results_figures_and_resumes(tmp_path):
     assert results["examples"] == 64
     assert results["robustness"]["noise 0.3"]["8"]["cka"] == pytest.approx(value[("noise 0.3", "8", "cka")])
     figures = {p.name for p in (run_dir / "figures").glob("*.png")}
-    assert {"robustness-cka.png", "robustness-cosine.png", "robustness-flip_rate.png",
-            "robustness-logit_distance.png", "robustness-mse.png", "perturbations.png",
-            "robustness-infidelity-gradient-x-input.png"} <= figures
+    assert {
+        "robustness-cka.png",
+        "robustness-cosine.png",
+        "robustness-flip_rate.png",
+        "robustness-logit_distance.png",
+        "robustness-mse.png",
+        "perturbations.png",
+        "robustness-infidelity-gradient-x-input.png",
+    } <= figures
     assert "Robustness to input perturbations" in (run_dir / "report.md").read_text()
     json.loads((run_dir / "metrics.json").read_text())
 

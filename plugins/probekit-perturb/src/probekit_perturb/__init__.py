@@ -168,6 +168,10 @@ class AttributionOptions(Options):
     layer: str | None = Field(None, description="Layer of grad-cam (an adapter layer name).")
     limit: int = Field(32, ge=1, description="Examples to score (the first ones of the probe's examples).")
     n_perturb_samples: int = Field(8, ge=1, description="Perturbed copies per example for each metric.")
+    normalize: bool = Field(
+        False, description="infidelity: scale the attributions by the best factor first (for methods whose "
+        "scale is arbitrary, such as grad-cam).",
+    )
     method_options: dict[str, Any] = Field(
         default_factory=dict, description="Options of the method (n_steps, baseline, abs, window)."
     )

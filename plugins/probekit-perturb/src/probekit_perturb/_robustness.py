@@ -184,8 +184,10 @@ class RobustnessProbe(Probe):
         with torch.enable_grad():
             for name in opts["metrics"]:
                 g = run.generator(f"robustness:{label}:{name}")
+                extra = {"normalize": opts.get("normalize", False)} if name == "infidelity" else {}
+                n_samples = opts["n_perturb_samples"]
                 values = scores[name](
-                    attributor, x, y, perturb, n_perturb_samples=opts["n_perturb_samples"], generator=g
+                    attributor, x, y, perturb, n_perturb_samples=n_samples, generator=g, **extra
                 )
                 rows.append(
                     {

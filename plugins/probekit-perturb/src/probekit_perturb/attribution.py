@@ -222,7 +222,8 @@ class Attributor:
         else:
             cam = self._algo.attribute(images, target=target, relu_attributions=True)
         cam = LayerAttribution.interpolate(cam, tuple(images.shape[-2:]), interpolate_mode="bilinear")
-        return cam.expand(-1, images.shape[1], -1, -1)
+        # a real copy per channel: captum's metrics .view() the attributions
+        return cam.expand(-1, images.shape[1], -1, -1).contiguous()
 
     def explanation_func(self) -> Callable[..., Any]:
         """``f(inputs, target=...) -> attributions`` for captum's ``sensitivity_max``."""
