@@ -5,7 +5,7 @@ torch and transformers are imported when a type is used.
 
 Public helpers (imported lazily from :mod:`probekit_mamba._backends`, see its docstring)::
 
-    build_mamba(config: dict, *, backend="cpu-scan", use_conv=True, chunk_size=32, arch=None,
+    build_mamba(config: dict, *, backend="auto", use_conv=True, chunk_size=32, arch=None,
                 head=False) -> transformers MambaModel / Mamba2Model (/ ...ForCausalLM)
     set_backend(model, backend, *, use_conv=None, chunk_size=None) -> model
     get_backend(model) -> str | None

@@ -2,7 +2,7 @@
 
 Public functions (also importable as ``probekit_mamba.build_mamba`` etc.)::
 
-    build_mamba(config: dict | PretrainedConfig, *, backend="cpu-scan", use_conv=True,
+    build_mamba(config: dict | PretrainedConfig, *, backend="auto", use_conv=True,
                 chunk_size=32, arch=None, head=False) -> MambaModel | Mamba2Model | ...ForCausalLM
     set_backend(model: nn.Module, backend: str, *, use_conv: bool | None = None,
                 chunk_size: int | None = None) -> nn.Module
@@ -405,7 +405,7 @@ def _make_config(config: Any, arch: str | None) -> Any:
     return cls(**fields)
 
 
-def build_mamba(config: dict[str, Any] | Any, *, backend: str = "cpu-scan", use_conv: bool = True,
+def build_mamba(config: dict[str, Any] | Any, *, backend: str = "auto", use_conv: bool = True,
                 chunk_size: int = DEFAULT_CHUNK, arch: str | None = None, head: bool = False) -> nn.Module:
     """A freshly initialised ``transformers`` Mamba model with a scan backend installed.
 
@@ -413,7 +413,8 @@ def build_mamba(config: dict[str, Any] | Any, *, backend: str = "cpu-scan", use_
         config: the library's config fields as a dict (e.g. ``{"hidden_size": 16,
             "num_hidden_layers": 8, "state_size": 8, "expand": 2, "vocab_size": 1}``;
             ``"model_type": "mamba2"`` selects Mamba2), or a ``MambaConfig`` / ``Mamba2Config``.
-        backend: see :func:`set_backend`.
+        backend: see :func:`set_backend`; ``auto`` is ``cpu-scan`` unless the model runs on a GPU
+            with mamba-ssm installed.
         use_conv: ``False`` removes the depthwise conv1d from the computation (the study's model).
         chunk_size: chunk length of the ``cpu-scan`` backend.
         arch: ``"mamba"`` or ``"mamba2"`` (default: the dict's ``model_type``, else ``"mamba"``).
