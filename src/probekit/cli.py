@@ -157,8 +157,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         traceback.print_exc()
         print(f"the run failed; see {prepared.run_dir / 'log.txt'}; continue with --resume", file=sys.stderr)
         return EXIT_FAILED
+    from probekit import distributed
     from probekit.report import _flatten, _fmt
 
+    if not distributed.is_main():
+        return EXIT_OK
     head = ", ".join(f"{k}={_fmt(v)}" for k, v in _flatten(results)
                      if isinstance(v, (int, float)) and not isinstance(v, bool))[:300]
     print(f"done: {head}")

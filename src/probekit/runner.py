@@ -345,7 +345,8 @@ def execute(run: Run) -> dict[str, Any]:
         run.model = _build_model(run)
         run.timings["setup"] = time.time() - t
         run.probe = create_probe(run.spec.probe.type, **run.options["probe"])
-        pm.hook.probekit_run_started(run=run)
+        if distributed.is_main():
+            pm.hook.probekit_run_started(run=run)
         t = time.time()
         run.probe.fit(run)
         run.timings["fit"] = time.time() - t
@@ -353,9 +354,11 @@ def execute(run: Run) -> dict[str, Any]:
         results = run.probe.evaluate(run)
         run.timings["evaluate"] = time.time() - t
         run.timings["total"] = time.time() - start
-        ckpt.write_json(run.run_dir / "metrics.json", results)
-        write_reports(run, results)
-        pm.hook.probekit_run_finished(run=run, results=results)
+        distributed.barrier()
+        if distributed.is_main():
+            ckpt.write_json(run.run_dir / "metrics.json", results)
+            write_reports(run, results)
+            pm.hook.probekit_run_finished(run=run, results=results)
         run.log(f"finished in {run.timings['total']:.1f}s; results in {run.run_dir}")
         return results
     except BaseException as exc:
