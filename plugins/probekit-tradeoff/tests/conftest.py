@@ -11,3 +11,8 @@ import pytest  # noqa: E402
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep feature and model caches out of the user's home."""
     monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path_factory.getbasetemp() / "probekit-cache"))
+
+
+def pytest_configure(config):
+    """Register the ``slow`` marker also when the tests run outside the repository's pytest config."""
+    config.addinivalue_line("markers", "slow: longer end-to-end tests")

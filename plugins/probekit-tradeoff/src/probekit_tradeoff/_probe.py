@@ -93,7 +93,8 @@ class TradeoffProbe(Probe):
             )
         train, test = self._load(run, run.data.train), self._load(run, run.data.test)
         self.image_shape = tuple(train.images.shape[1:])
-        self.examples = test.images[: self.n_recon].cpu().numpy()
+        self.example_idx = example_indices(test.labels.cpu(), self.n_recon)
+        self.examples = test.images[self.example_idx.to(test.images.device)].cpu().numpy()
         self.num_classes = max(
             run.data.info.num_classes, int(train.labels.max()) + 1, int(test.labels.max()) + 1
         )
@@ -261,10 +262,10 @@ class TradeoffProbe(Probe):
             ce += float(out.ce) * len(idx)
             correct += int((out.logits.argmax(1) == test.labels[idx]).sum())
             n += len(idx)
-        k = min(self.n_recon, len(test.labels))
+        k = len(self.example_idx)
         recon: list[list[float]] = []
         if k:
-            idx = torch.arange(k, device=test.images.device)
+            idx = self.example_idx.to(test.images.device)
             out = routed_losses(
                 model, inputs(idx), test.images[idx] * 2 - 1, test.labels[idx], lam, encode=encode
             )
@@ -312,6 +313,17 @@ class TradeoffProbe(Probe):
         summ = summary(self)
         run.add_report("Classification vs reconstruction tradeoff", report_section(self, summ))
         return summ
+
+
+def example_indices(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Up to ``n`` test indices for the reconstruction figure: the first example of each class in turn
+    (test splits are often sorted by class), then the next unused ones."""
+    picks: list[int] = []
+    for c in torch.unique(labels).tolist():
+        if len(picks) < n:
+            picks.append(int((labels == c).nonzero()[0]))
+    rest = [i for i in range(len(labels)) if i not in set(picks)]
+    return torch.tensor(sorted(picks) + rest[: n - len(picks)], dtype=torch.long)
 
 
 def load_point_weights(run_dir: str | Path, family: str, latent: int, lam: float) -> dict[str, torch.Tensor]:

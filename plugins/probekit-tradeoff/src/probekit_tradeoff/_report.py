@@ -184,7 +184,8 @@ def _reconstructions(run: Any, probe: Any, plt: Any) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(f"Test reconstructions, {family}", fontsize=9)
+    axes[0][0].set_title(f"test reconstructions, {family}", fontsize=9, loc="left")
+    fig.subplots_adjust(wspace=0.05, hspace=0.08)
     run.save_figure(fig, "reconstructions.png")
 
 
