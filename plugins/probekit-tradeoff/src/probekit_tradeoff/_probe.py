@@ -174,7 +174,7 @@ class TradeoffProbe(Probe):
             if saved.get("config") == config:
                 train_ckpt.unlink(missing_ok=True)  # left over from a kill between the two writes below
                 self.recon[stem] = saved.get("reconstructions", [])
-                return {k: saved[k] for k in COLUMNS}
+                return {k: saved[k] for k in (*COLUMNS, "probe_accuracy") if k in saved}
             run.log(f"tradeoff: {result_path.name} was written with other settings; training again")
             result_path.unlink()
         model = self._build(run, family, latent)
@@ -208,7 +208,8 @@ class TradeoffProbe(Probe):
             lambda g: batches_of(n, self.batch_size, g), step, total=math.ceil(n / self.batch_size)
         )
         metrics, recon = self._evaluate_model(model, test, lam)
-        row = {"family": family, "latent": latent, "lambda": lam, **metrics}
+        row = {"family": family, "latent": latent, "lambda": lam, **metrics,
+               "probe_accuracy": self._probe_accuracy(model, train, test)}
         # weights (without optimizer state) and results, then drop the training checkpoint: a kill
         # at any point leaves either the checkpoint or the finished point
         from safetensors.torch import save
@@ -272,6 +273,29 @@ class TradeoffProbe(Probe):
             recon = [[round(float(v), 4) for v in r.flatten()] for r in ((out.recon + 1) / 2).cpu()]
         numel = n * math.prod(self.image_shape)
         return {"test_mse": sq / numel, "test_ce": ce / n, "accuracy": correct / n}, recon
+
+    @torch.no_grad()
+    def _codes(self, model: TradeoffModel, split: Split, name: str) -> torch.Tensor:
+        inputs, encode = self._inputs(split, name, model)
+        chunks = []
+        for idx in batches_of(len(split.labels), 1024):
+            x = inputs(idx.to(split.images.device))
+            chunks.append((encode(x) if encode is not None else model.encoder(x)).float().cpu())
+        return torch.cat(chunks)
+
+    def _probe_accuracy(self, model: TradeoffModel, train: Split, test: Split) -> float:
+        """Test accuracy of a logistic regression fitted afterwards on the frozen, trained latent.
+
+        The jointly trained classifier must follow a latent that moves under it (at lambda = 1 it
+        never shapes it); this read-out measures how much class information the final latent holds.
+        """
+        from probekit_tradeoff._baselines import logistic_regression
+
+        model.eval()
+        accuracy, _ = logistic_regression(self._codes(model, train, "train"), train.labels.cpu(),
+                                          self._codes(model, test, "test"), test.labels.cpu(),
+                                          self.num_classes, self.baseline_iters)
+        return accuracy
 
     # -- baselines ------------------------------------------------------------------------------
     def _baseline(self, run: Any, kind: str, latent: int, train: Split, test: Split) -> dict[str, Any]:

@@ -23,11 +23,13 @@ def summary(probe: Any) -> dict[str, Any]:
     results: dict[str, Any] = {}
     tradeoff: dict[str, Any] = {}
     for (family, latent), rows in _curves(probe).items():
-        results.setdefault(family, {})[str(latent)] = {
-            f"{r['lambda']:g}": {k: r[k] for k in ("accuracy", "test_mse", "test_ce")} for r in rows
+        results.setdefault(family, {})[f"L{latent}"] = {
+            f"lambda={r['lambda']:g}": {k: r[k] for k in ("accuracy", "test_mse", "test_ce", "probe_accuracy")
+                                        if k in r}
+            for r in rows
         }
         lo, hi = rows[0], rows[-1]
-        tradeoff.setdefault(family, {})[str(latent)] = {
+        tradeoff.setdefault(family, {})[f"L{latent}"] = {
             "lambda_min": lo["lambda"],
             "lambda_max": hi["lambda"],
             "accuracy_at_lambda_min": lo["accuracy"],
@@ -39,13 +41,13 @@ def summary(probe: Any) -> dict[str, Any]:
         }
     baselines: dict[str, Any] = {}
     for row in probe.baseline_rows:
-        baselines.setdefault(row["family"], {})[str(row["latent"])] = {
+        baselines.setdefault(row["family"], {})[f"L{row['latent']}"] = {
             k: row[k] for k in ("accuracy", "test_mse", "test_ce")
         }
     softened = {}
     for family, by_latent in tradeoff.items():
         if len(by_latent) > 1:
-            sizes = sorted(by_latent, key=int)
+            sizes = sorted(by_latent, key=lambda k: int(k[1:]))
             softened[family] = by_latent[sizes[-1]]["accuracy_drop"] < by_latent[sizes[0]]["accuracy_drop"]
     best = max(probe.rows, key=lambda r: r["accuracy"])
     return {
@@ -196,32 +198,34 @@ def report_section(probe: Any, summ: dict[str, Any]) -> str:
         "encoder: the λ-weighted sum). MSE is measured on pixels in [-1, 1]. "
         "All numbers are on the test split.",
         "",
-        "| family | L | λ | accuracy | test MSE | test CE |",
-        "|---|---|---|---|---|---|",
+        "| family | L | λ | accuracy | read-out accuracy | test MSE | test CE |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in probe.rows:
         lines.append(
             f"| {row['family']} | {row['latent']} | {row['lambda']:g} | {row['accuracy']:.4f} | "
-            f"{row['test_mse']:.4f} | {row['test_ce']:.4f} |"
+            f"{row.get('probe_accuracy', float('nan')):.4f} | {row['test_mse']:.4f} | {row['test_ce']:.4f} |"
         )
     for row in probe.baseline_rows:
         lines.append(
-            f"| {row['family']} baseline | {row['latent']} | – | {row['accuracy']:.4f} | "
+            f"| {row['family']} baseline | {row['latent']} | – | {row['accuracy']:.4f} | – | "
             f"{row['test_mse']:.4f} | {row['test_ce']:.4f} |"
         )
-    lines += ["", "**Measured tradeoff** (from the smallest to the largest λ):", ""]
+    lines += ["", "*accuracy*: the classifier head trained with the model (the study's measure); *read-out "
+              "accuracy*: a logistic regression fitted afterwards on the frozen final latent.", "",
+              "**Measured tradeoff** (from the smallest to the largest λ):", ""]
     for family, by_latent in summ["tradeoff"].items():
-        for latent, t in sorted(by_latent.items(), key=lambda kv: int(kv[0])):
+        for latent, t in sorted(by_latent.items(), key=lambda kv: int(kv[0][1:])):
             acc = "fell" if t["accuracy_drop"] > 0 else "did not fall"
             mse = "fell" if t["mse_gain"] > 0 else "did not fall"
             lines.append(
-                f"- {family}, L={latent}: accuracy {acc} from {t['accuracy_at_lambda_min']:.4f} "
+                f"- {family}, L={latent[1:]}: accuracy {acc} from {t['accuracy_at_lambda_min']:.4f} "
                 f"(λ={t['lambda_min']:g}) to {t['accuracy_at_lambda_max']:.4f} (λ={t['lambda_max']:g}), "
                 f"a drop of {t['accuracy_drop']:+.4f}; test MSE {mse} from {t['mse_at_lambda_min']:.4f} "
                 f"to {t['mse_at_lambda_max']:.4f}."
             )
         if family in summ["larger_latent_loses_less_accuracy"]:
-            sizes = sorted(by_latent, key=int)
+            sizes = sorted(by_latent, key=lambda k: int(k[1:]))
             small, large = by_latent[sizes[0]], by_latent[sizes[-1]]
             verdict = (
                 "loses less accuracy"
@@ -229,8 +233,8 @@ def report_section(probe: Any, summ: dict[str, Any]) -> str:
                 else "does NOT lose less accuracy"
             )
             lines.append(
-                f"- {family}: the larger latent (L={sizes[-1]}, drop {large['accuracy_drop']:+.4f}) "
-                f"{verdict} across λ than the smaller one (L={sizes[0]}, drop "
+                f"- {family}: the larger latent (L={sizes[-1][1:]}, drop {large['accuracy_drop']:+.4f}) "
+                f"{verdict} across λ than the smaller one (L={sizes[0][1:]}, drop "
                 f"{small['accuracy_drop']:+.4f})."
             )
     lines += [
