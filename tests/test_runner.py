@@ -168,3 +168,35 @@ def test_model_train_weights_are_cached_and_reused(tmp_path, monkeypatch, digits
     assert "loaded cached weights" in log
     assert json.loads((tmp_path / "one" / "metrics.json").read_text()) == \
         json.loads((tmp_path / "two" / "metrics.json").read_text())
+
+
+def test_full_disk_fails_cleanly_and_resumes_after_space_is_freed(tmp_path, digits_spec):
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        spec = digits_spec(epochs=2)
+        spec["model"]["train"]["epochs"] = 1
+        spec["probe"]["layers"] = ["2", "5", "8", "9"]  # checkpoints of ~0.1-0.3 MB each: the disk fills up
+        path = _write_spec(tmp_path, spec)
+        env = {"PROBEKIT_CACHE": str(tmp_path / "cache")}
+        ref = _cli("run", str(path), "-o", str(tmp_path / "ref"), "-q", env=env)
+        assert ref.returncode == 0, ref.stderr
+        run_dir = mnt / "run"
+        full = _cli("run", str(path), "-o", str(run_dir), "-q", env=env)
+        assert full.returncode == 1, full.stderr
+        assert "disk is full" in full.stderr and "--resume" in full.stderr and "Traceback" not in full.stderr
+        leftovers = [p.name for p in run_dir.rglob("*.tmp")]
+        assert leftovers == []  # no half-written files
+        for ckpt_file in (run_dir / "checkpoints").glob("*.pt"):
+            import torch
+
+            torch.load(ckpt_file, weights_only=True)  # every checkpoint that exists is whole
+        assert subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)]).returncode == 0
+        res = _cli("run", str(path), "-o", str(run_dir), "--resume", "-q", env=env)
+        assert res.returncode == 0, res.stderr
+        assert (run_dir / "metrics.json").read_text() == (tmp_path / "ref" / "metrics.json").read_text()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])

@@ -73,8 +73,16 @@ def _json_default(obj: Any) -> Any:
 
 def save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` atomically. Keep ``obj`` to tensors, numbers, strings, lists and dicts."""
-    with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
+    try:
+        with atomic_open(path, "wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as exc:  # torch wraps a failed write (disk full) in a RuntimeError
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from exc
+        raise
 
 
 def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:

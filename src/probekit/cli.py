@@ -151,9 +151,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"the run stopped; its directory {prepared.run_dir} is kept: fix the cause and run again with "
               f"--resume", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, SpecError) else EXIT_FAILED
-    except Exception:
+    except Exception as exc:
+        import errno
         import traceback
 
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            print(f"error: the disk is full ({exc.strerror}: {exc.filename or 'a file of the run'}); nothing "
+                  f"written so far is damaged. Free space, then continue with: probekit run {args.spec} -o "
+                  f"{prepared.run_dir} --resume", file=sys.stderr)
+            return EXIT_FAILED
         traceback.print_exc()
         print(f"the run failed; see {prepared.run_dir / 'log.txt'}; continue with --resume", file=sys.stderr)
         return EXIT_FAILED
