@@ -200,3 +200,25 @@ def test_full_disk_fails_cleanly_and_resumes_after_space_is_freed(tmp_path, digi
         assert (run_dir / "metrics.json").read_text() == (tmp_path / "ref" / "metrics.json").read_text()
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_corrupt_checkpoint_is_detected_and_training_redone(tmp_path, digits_spec):
+    spec = digits_spec(epochs=2)
+    spec["model"]["train"]["epochs"] = 1
+    first = probekit.run(spec, tmp_path / "r")
+    ck = tmp_path / "r" / "checkpoints" / "linear-5.pt"
+    ck.write_bytes(ck.read_bytes()[:200])  # truncated, as by a crash of the storage
+    again = probekit.run(spec, tmp_path / "r", resume=True)
+    assert again == first
+    assert (tmp_path / "r" / "checkpoints" / "linear-5.pt.corrupt").exists()
+    assert "training again from the start" in (tmp_path / "r" / "log.txt").read_text()
+
+
+def test_mixed_precision_and_fp16_cache_run(tmp_path, digits_spec):
+    spec = digits_spec(epochs=2)
+    spec["model"]["train"]["epochs"] = 1
+    spec.update(precision="bf16", cache_dtype="float16")
+    results = probekit.run(spec, tmp_path / "r")
+    assert results["accuracy"]["9"] > 0.3
+    shards = list((tmp_path.parent).rglob("manifest.json"))
+    assert any('"float16"' in p.read_text() for p in shards)

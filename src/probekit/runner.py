@@ -129,7 +129,7 @@ class Run:
         return create_perturbation(name, **options)
 
     # -- feature cache -------------------------------------------------------------------
-    def features(self, layers: Sequence[str], split: str = "train", *, dtype: str = "float32",
+    def features(self, layers: Sequence[str], split: str = "train", *, dtype: str | None = None,
                  include_input: bool = False,
                  transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
                  transform_id: str = "") -> FeatureSet:
@@ -141,6 +141,7 @@ class Run:
         ``transform_id`` that changes whenever its result would.
         """
         assert self.model is not None and self.data is not None
+        dtype = dtype or self.spec.cache_dtype
         dataset = self.data.train if split == "train" else self.data.test
         model = self.model
         base = {"model": model.fingerprint(), "data": self._data_fingerprint(), "split": split,
@@ -335,6 +336,9 @@ def execute(run: Run) -> dict[str, Any]:
         run.log(f"run '{run.spec.name}' in {run.run_dir} on {run.device}" + (" (resumed)" if run.resume else "")
                 + (f", {world} processes" if world > 1 else ""))
         seed_everything(run.seed)
+        from probekit.training import set_default_precision
+
+        set_default_precision(run.spec.precision)
         if run.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         t = time.time()

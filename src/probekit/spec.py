@@ -113,6 +113,10 @@ class Spec(BaseModel):
     data: DataSpec | None = None
     probe: ProbeSpec
     metrics: list[str | MetricSpec] = Field(default_factory=list)
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Training precision: fp32, or mixed precision with bf16 / fp16 autocast.")
+    cache_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="Storage type of the feature cache (float16 halves its size).")
     cache_dir: str | None = Field(None, description="Feature/model cache folder; default $PROBEKIT_CACHE "
                                                     "or ~/.cache/probekit.")
 

@@ -25,6 +25,16 @@ class StopRequested(RunError):
 
 
 _stop_requested = False
+_default_precision = "fp32"
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def set_default_precision(precision: str) -> None:
+    """The precision of Trainers that are not given one (the runner sets the spec's ``precision``)."""
+    global _default_precision
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, not {precision!r}")
+    _default_precision = precision
 
 
 def request_stop() -> None:
@@ -40,6 +50,7 @@ def stop_requested() -> bool:
 def clear_stop() -> None:
     global _stop_requested
     _stop_requested = False
+
 
 
 def epoch_seed(seed: int, epoch: int, tag: str = "") -> int:
@@ -67,7 +78,7 @@ class Trainer:
     def __init__(self, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer, *, epochs: int,
                  checkpoint: str | Path | None, seed: int = 0, tag: str = "",
                  progress: Callable[..., Iterable[Any]] | None = None,
-                 log: Callable[[str], None] | None = None, scheduler: Any = None):
+                 log: Callable[[str], None] | None = None, scheduler: Any = None, precision: str | None = None):
         self.modules = dict(modules)
         self.optimizer = optimizer
         self.epochs = epochs
@@ -77,6 +88,8 @@ class Trainer:
         self.progress = progress
         self.log = log or (lambda message: None)
         self.scheduler = scheduler
+        self.precision = precision or _default_precision
+        self._scaler: Any = None
         self.epoch = 0
         self.losses: list[float] = []
         self._partial: dict[str, Any] | None = None  # mid-epoch state saved on SIGTERM
@@ -89,7 +102,15 @@ class Trainer:
     def _resume(self) -> None:
         if self.checkpoint is None or not self.checkpoint.exists():
             return
-        state = ckpt.load(self.checkpoint)
+        try:
+            state = ckpt.load(self.checkpoint)
+        except ckpt.CorruptCheckpointError as exc:
+            # A damaged checkpoint is moved aside and training starts again (deterministic, so the
+            # results are the same; only time is lost).
+            aside = self.checkpoint.with_name(self.checkpoint.name + ".corrupt")
+            self.checkpoint.replace(aside)
+            self.log(f"{self.tag or 'training'}: {exc}; moved to {aside.name}, training again from the start")
+            return
         for name, module in self.modules.items():
             module.load_state_dict(state["modules"][name])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -152,16 +173,21 @@ class Trainer:
                 if world > 1:
                     value = self._distributed_step(batch, step, world)
                 else:
-                    loss = step(batch)
+                    with self._autocast():
+                        loss = step(batch)
                     value = float(loss.detach())
                     if math.isfinite(value):
-                        loss.backward()
+                        self._backward(loss)
                 if not math.isfinite(value):
                     raise RunError(
                         f"{self.tag or 'training'}: loss is {value} at epoch {self.epoch + 1}, step {i + 1}; "
                         f"the last good checkpoint (after epoch {self.epoch}) is kept. Lower the learning "
                         f"rate or check the data, then run again with --resume.")
-                self.optimizer.step()
+                if self._scaler is not None:
+                    self._scaler.step(self.optimizer)
+                    self._scaler.update()
+                else:
+                    self.optimizer.step()
                 total_loss += value
                 count += 1
                 if _stop_requested:
@@ -179,6 +205,27 @@ class Trainer:
             m.eval()
         return list(self.losses)
 
+    def _device_type(self) -> str:
+        for m in self.modules.values():
+            for p in m.parameters():
+                return p.device.type
+        return "cpu"
+
+    def _autocast(self) -> Any:
+        import contextlib
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self._device_type(), dtype=_DTYPES[self.precision])
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.precision == "fp16" and self._device_type() == "cuda":
+            if self._scaler is None:
+                self._scaler = torch.amp.GradScaler("cuda")
+            self._scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
     def _distributed_step(self, batch: Any, step: Callable[[Any], torch.Tensor], world: int) -> float:
         """This rank's share of the batch; gradients summed across ranks give the global batch mean."""
         from probekit import distributed
@@ -187,8 +234,9 @@ class Trainer:
         n_local = distributed.local_size(local)
         params = [p for m in self.modules.values() for p in m.parameters()]
         if n_local:
-            loss = step(local) * (n_local / n_global)
-            loss.backward()
+            with self._autocast():
+                loss = step(local) * (n_local / n_global)
+            self._backward(loss)
             part = loss.detach()
         else:
             part = torch.zeros((), device=params[0].device if params else "cpu")
