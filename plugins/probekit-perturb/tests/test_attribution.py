@@ -202,10 +202,13 @@ def test_grad_cam_on_vit_tokens_uses_the_patch_grid_and_leaves_the_model_alone()
     assert torch.allclose(cam, ref, atol=1e-5)
     assert float(cam.abs().sum()) > 0
     # captum's metrics run on the grid layout too
-    attributor = Attributor(adapter, "grad-cam", layer="block.1")
     noise = probekit.create_perturbation("noise", std=0.05)
-    assert sensitivity_score(attributor, x, y, noise, n_perturb_samples=2).shape == (2,)
+    attributor = Attributor(adapter, "grad-cam", layer="block.0")
+    assert float(sensitivity_score(attributor, x, y, noise, n_perturb_samples=2).min()) > 0
     assert infidelity_score(attributor, x, y, noise, n_perturb_samples=2, normalize=True).shape == (2,)
+    # the head reads only the class token of the last block, so its patch tokens get no gradient: zero maps
+    last = Attributor(adapter, "grad-cam", layer="block.1").attribute(x, y)
+    assert float(last.abs().sum()) == 0.0
 
 
 def test_unknown_method_and_missing_layer_are_clear():

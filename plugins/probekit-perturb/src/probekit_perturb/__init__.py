@@ -55,9 +55,7 @@ class FactorOptions(_Seeded):
 
 
 class NoiseOptions(_Seeded):
-    std: float = Field(
-        0.1, ge=0, description="Standard deviation of the Gaussian noise, in [0, 1] pixel units."
-    )
+    std: float = Field(0.1, ge=0, description="Standard deviation of the Gaussian noise, in [0, 1] pixel units.")
     clip: bool = Field(True, description="Clip the result to [0, 1].")
 
 
@@ -75,9 +73,7 @@ class LPIPSOptions(Options):
         description="torchvision state dict of the backbone (keys 'features.*'); default: "
         "$PROBEKIT_LPIPS_WEIGHTS (a file or a folder), then torch hub's cache.",
     )
-    download: bool = Field(
-        False, description="Let torchvision download the backbone weights if none are found."
-    )
+    download: bool = Field(False, description="Let torchvision download the backbone weights if none are found.")
 
     @field_validator("weights")
     @classmethod
@@ -169,7 +165,8 @@ class AttributionOptions(Options):
     limit: int = Field(32, ge=1, description="Examples to score (the first ones of the probe's examples).")
     n_perturb_samples: int = Field(8, ge=1, description="Perturbed copies per example for each metric.")
     normalize: bool = Field(
-        False, description="infidelity: scale the attributions by the best factor first (for methods whose "
+        False,
+        description="infidelity: scale the attributions by the best factor first (for methods whose "
         "scale is arbitrary, such as grad-cam).",
     )
     method_options: dict[str, Any] = Field(
@@ -185,9 +182,7 @@ class AttributionOptions(Options):
 
 
 class RobustnessOptions(Options):
-    layers: list[str] | Literal["all"] = Field(
-        ..., description="Adapter layer names whose states are compared."
-    )
+    layers: list[str] | Literal["all"] = Field(..., description="Adapter layer names whose states are compared.")
     perturbations: list[PerturbationSpec] = Field(
         ..., min_length=1, description="Perturbations, each `{type: ..., <options>}`."
     )
@@ -204,8 +199,7 @@ class RobustnessOptions(Options):
     )
     attribution: AttributionOptions | None = Field(
         None,
-        description="Score an attribution method under each perturbation (captum infidelity and "
-        "sensitivity_max).",
+        description="Score an attribution method under each perturbation (captum infidelity and sensitivity_max).",
     )
     show: int = Field(8, ge=0, description="Examples shown per perturbation in figures/perturbations.png.")
 

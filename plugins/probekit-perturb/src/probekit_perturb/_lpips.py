@@ -75,9 +75,7 @@ def find_weights(net: str, weights: str | Path | None = None) -> Path | None:
             return path
         else:
             tried.append(f"{ENV}={path} (does not exist)")
-        raise SpecError(
-            f"LPIPS backbone weights not found through {ENV}", path=ENV, fix=_missing_message(net, tried)
-        )
+        raise SpecError(f"LPIPS backbone weights not found through {ENV}", path=ENV, fix=_missing_message(net, tried))
     hub = Path(torch.hub.get_dir()) / "checkpoints" / torchvision_file_name(net)
     return hub if hub.is_file() else None
 
@@ -124,8 +122,7 @@ def load_backbone(loss_fn: Any, path: Path, net: str) -> None:
         new[key] = state[source]
     if missing:
         raise SpecError(
-            f"{path} lacks {len(missing)} backbone tensors of LPIPS(net='{net}'), e.g. "
-            f"{', '.join(missing[:3])}",
+            f"{path} lacks {len(missing)} backbone tensors of LPIPS(net='{net}'), e.g. {', '.join(missing[:3])}",
             path="metrics.weights",
             fix=f"Give the weights of torchvision's {BACKBONES[net][0]} (keys 'features.*').",
         )

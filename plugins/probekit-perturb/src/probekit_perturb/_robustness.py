@@ -81,9 +81,7 @@ class RobustnessProbe(Probe):
             labels.append(torch.as_tensor(y))
         return torch.cat(images), torch.cat(labels)
 
-    def _states(
-        self, run: Any, images: torch.Tensor, layers: list[str]
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _states(self, run: Any, images: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
         with torch.no_grad():
             output, states = run.model.capture(run.model.preprocess(images.to(run.device)), layers)
         return run.model.logits(output), {k: pool(v, self.pool) for k, v in states.items()}
@@ -118,9 +116,7 @@ class RobustnessProbe(Probe):
                     first = perturb(images[batches[0]].to(run.device), generator=generator)
                     shown[label] = first[: self.show].cpu()
                 continue
-            layer_metrics = {
-                (name, m): _LAYER_METRICS[m]() for name in [*layers, "output"] for m in self.metric_names
-            }
+            layer_metrics = {(name, m): _LAYER_METRICS[m]() for name in [*layers, "output"] for m in self.metric_names}
             out_metrics = {m: _OUTPUT_METRICS[m]() for m in self.output_metric_names}
             for m in image_metrics.values():
                 m.reset()
@@ -172,13 +168,22 @@ class RobustnessProbe(Probe):
         from probekit_perturb.attribution import Attributor, infidelity_score, sensitivity_score
 
         opts = self.attribution or {}
-        attributor = Attributor(
-            run.model, opts["method"], layer=opts.get("layer"), **opts.get("method_options", {})
-        )
+        attributor = Attributor(run.model, opts["method"], layer=opts.get("layer"), **opts.get("method_options", {}))
         n = min(opts["limit"], len(images))
         x = images[:n].to(run.device)
         y = labels[:n].to(run.device)
         layer = opts.get("layer") if attributor.method == "grad-cam" else "input"
+        clean_attr = attributor.attribute(x, y)
+        if not bool(clean_attr.abs().sum() > 0):
+            run.log(
+                f"robustness: warning: {attributor.method} attributions of the clean images are all zero"
+                + (
+                    f"; the output may not depend on the patch tokens of layer '{layer}' (e.g. the last "
+                    "block of a class-token ViT): pick an earlier layer"
+                    if layer != "input"
+                    else ""
+                )
+            )
         rows = []
         scores = {"infidelity": infidelity_score, "sensitivity": sensitivity_score}
         with torch.enable_grad():
@@ -186,9 +191,7 @@ class RobustnessProbe(Probe):
                 g = run.generator(f"robustness:{label}:{name}")
                 extra = {"normalize": opts.get("normalize", False)} if name == "infidelity" else {}
                 n_samples = opts["n_perturb_samples"]
-                values = scores[name](
-                    attributor, x, y, perturb, n_perturb_samples=n_samples, generator=g, **extra
-                )
+                values = scores[name](attributor, x, y, perturb, n_perturb_samples=n_samples, generator=g, **extra)
                 rows.append(
                     {
                         "perturbation": label,
@@ -264,9 +267,7 @@ class RobustnessProbe(Probe):
             for i, label in enumerate(self.labels):
                 cells = [f"{float(v):.4g}" if float(v) == float(v) else "" for v in values[i]]
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
-            sections.append(
-                f"**{metric}**\n\n" + "\n".join(lines) + f"\n\n![{metric}](figures/robustness-{safe}.png)"
-            )
+            sections.append(f"**{metric}**\n\n" + "\n".join(lines) + f"\n\n![{metric}](figures/robustness-{safe}.png)")
         if shown and len(clean):
             self._example_grid(run, clean, shown, plt)
             sections.append("Examples (top row clean):\n\n![perturbations](figures/perturbations.png)")
@@ -274,8 +275,7 @@ class RobustnessProbe(Probe):
             "Robustness to input perturbations",
             "Per layer, clean and perturbed states of the same examples compared (CKA, cosine: 1 = "
             "unchanged); at the output, the share of changed predictions and the logit distance; at "
-            "the input, the spec's image metrics between perturbed and clean images.\n\n"
-            + "\n\n".join(sections),
+            "the input, the spec's image metrics between perturbed and clean images.\n\n" + "\n\n".join(sections),
         )
 
     def _example_grid(self, run: Any, clean: torch.Tensor, shown: dict[str, torch.Tensor], plt: Any) -> None:

@@ -70,9 +70,7 @@ class _Grid(nn.Module):
 
 
 @contextmanager
-def _tokens_as_grid(
-    module: nn.Module, grid_module: _Grid, layout: tuple[int, int, int], select: Any
-) -> Iterator[None]:
+def _tokens_as_grid(module: nn.Module, grid_module: _Grid, layout: tuple[int, int, int], select: Any) -> Iterator[None]:
     """Route a token layer's output through ``grid_module`` as a (N, D, h, w) map; values are unchanged."""
     k, h, w = layout
 
@@ -169,8 +167,7 @@ class Attributor:
             raise ValueError(self.adapter.unknown_layer_message(self.layer))
         if point.input:
             raise ValueError(
-                f"grad-cam: layer '{self.layer}' reads a module's input; pick a layer that is a "
-                "module's output"
+                f"grad-cam: layer '{self.layer}' reads a module's input; pick a layer that is a module's output"
             )
         module = self.module.get_submodule(point.module) if point.module else self.module
         info = self.adapter.layer(self.layer)
@@ -188,8 +185,7 @@ class Attributor:
             self._select = point.select
             return ca.LayerGradCam(self.forward, self._grid)
         raise ValueError(
-            f"grad-cam needs a feature map (C, H, W) or token layer (T, D); layer "
-            f"'{self.layer}' has shape {info.shape}"
+            f"grad-cam needs a feature map (C, H, W) or token layer (T, D); layer '{self.layer}' has shape {info.shape}"
         )
 
     def attribute(self, images: torch.Tensor, target: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -200,17 +196,26 @@ class Attributor:
         # gradient methods want inputs that require grad (captum would set it itself, with a warning)
         images = images.detach().requires_grad_(self.method != "occlusion")
         if self.method == "integrated-gradients":
-            return self._algo.attribute(images, baselines=self.baseline, target=target, n_steps=self.n_steps,
-                                        internal_batch_size=self.internal_batch_size)
+            return self._algo.attribute(
+                images,
+                baselines=self.baseline,
+                target=target,
+                n_steps=self.n_steps,
+                internal_batch_size=self.internal_batch_size,
+            )
         if self.method == "saliency":
             return self._algo.attribute(images, target=target, abs=self.abs)
         if self.method == "gradient-x-input":
             return self._algo.attribute(images, target=target)
         if self.method == "occlusion":
             c = images.shape[1]
-            return self._algo.attribute(images, sliding_window_shapes=(c, self.window, self.window),
-                                        strides=(c, self.stride, self.stride), baselines=self.baseline,
-                                        target=target)
+            return self._algo.attribute(
+                images,
+                sliding_window_shapes=(c, self.window, self.window),
+                strides=(c, self.stride, self.stride),
+                baselines=self.baseline,
+                target=target,
+            )
         return self._attribute_grad_cam(images, target)
 
     def _attribute_grad_cam(self, images: torch.Tensor, target: Any) -> torch.Tensor:
@@ -268,9 +273,7 @@ def infidelity_score(
 
     if attributions is None:
         attributions = attributor.attribute(images, target)
-    perturb = infidelity_perturb_func_decorator(attributor.multiplies_by_inputs)(
-        _perturb_fn(perturbation, generator)
-    )
+    perturb = infidelity_perturb_func_decorator(attributor.multiplies_by_inputs)(_perturb_fn(perturbation, generator))
     baselines = None
     if attributor.multiplies_by_inputs:
         baselines = torch.full_like(images, float(attributor.baseline))

@@ -99,9 +99,7 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tenso
     return torch.randn(shape, generator=generator, device=generator.device).to(like.device, like.dtype)
 
 
-def _randint(
-    high: int, shape: tuple[int, ...], generator: torch.Generator, device: torch.device
-) -> torch.Tensor:
+def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.randint(0, high, shape, generator=generator, device=generator.device).to(device)
 
 

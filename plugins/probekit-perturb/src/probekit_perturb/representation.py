@@ -26,9 +26,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """
     x, y = _flat(x).double(), _flat(y).double()
     if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"linear_cka needs the same examples in both: got {x.shape[0]} and {y.shape[0]} rows"
-        )
+        raise ValueError(f"linear_cka needs the same examples in both: got {x.shape[0]} and {y.shape[0]} rows")
     if x.shape[0] < 2:
         raise ValueError("linear_cka needs at least 2 examples")
     x = x - x.mean(0, keepdim=True)
