@@ -240,6 +240,10 @@ def _mamba2_forward(self: nn.Module, hidden_states: torch.Tensor, cache: Any = N
     lib = _lib(2)
     backend = _device_backend(self, hidden_states.device)
     kernels = backend == "cuda"
+    if not kernels and (kwargs.get("seq_idx") is not None or kwargs.get("cu_seqlens") is not None):
+        # the torch scans would silently mix packed sequences into one
+        raise ValueError(f"packed sequences (seq_idx / cu_seqlens) need the 'cuda' backend (mamba-ssm); "
+                         f"backend '{backend}' cannot keep them apart. Pad the sequences instead.")
     batch_size, seq_len, _ = hidden_states.shape
     dtype = hidden_states.dtype
     if cache is not None:

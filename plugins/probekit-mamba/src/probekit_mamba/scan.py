@@ -96,6 +96,32 @@ class _LinearRecurrence(torch.autograd.Function):
         return da, g
 
 
+class _ReadOut(torch.autograd.Function):
+    """``y = sum_n (local + from_start * starts) * C`` without storing the states for the backward.
+
+    ``local`` and ``from_start`` are stored anyway (by the recurrence and by ``exp``), so saving
+    them costs nothing; the states, as large again, are recomputed in the backward instead.
+    Shapes: ``local``, ``from_start`` (t, b, d, c, n); ``starts`` (1, b, d, c, n); ``C`` (t, b, 1, c, n).
+    """
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, from_start: torch.Tensor, starts: torch.Tensor,  # type: ignore[override]
+                C: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(local, from_start, starts, C)
+        return (torch.addcmul(local, from_start, starts) * C).sum(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        local, from_start, starts, C = ctx.saved_tensors
+        need_local, need_from, need_starts, need_c = ctx.needs_input_grad
+        gyc = gy[..., None] * C
+        g_from = gyc * starts if need_from else None
+        g_starts = (gyc * from_start).sum(0, keepdim=True) if need_starts else None
+        g_c = (gy[..., None] * torch.addcmul(local, from_start, starts)).sum(2, keepdim=True) if need_c else None
+        return (gyc if need_local else None), g_from, g_starts, g_c
+
+
 def linear_recurrence(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``h[i] = a[i] * h[i-1] + x[i]`` along dim 0 from ``h[-1] = 0`` (same shapes; differentiable)."""
     return _LinearRecurrence.apply(a, x)
@@ -154,9 +180,12 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     ends = local_states[-1].permute(2, 0, 1, 3)
     starts = linear_recurrence(F.pad(over_chunk[:-1], (0, 0, 0, 0, 0, 0, 1, 0)),
                                F.pad(ends[:-1], (0, 0, 0, 0, 0, 0, 1, 0)))  # (c, b, d, n); chunk 0: zero
-    states = torch.addcmul(local_states, from_start, starts.permute(1, 2, 0, 3)[None])  # (t, b, d, c, n)
+    starts = starts.permute(1, 2, 0, 3)[None]  # (1, b, d, c, n)
 
-    y = (states * C_c).sum(-1).permute(1, 2, 3, 0).reshape(batch, d, nc * t)[..., :length]
+    # 3. Output y_t = C_t . h_t with h_t = local_t + from_start_t * start (the states themselves are
+    #    only built when asked for)
+    y = _ReadOut.apply(local_states, from_start, starts, C_c)
+    y = y.permute(1, 2, 3, 0).reshape(batch, d, nc * t)[..., :length]
     if D is not None:
         y = y + u.to(cdt) * D.to(cdt)[None, :, None]
     if z is not None:
@@ -165,8 +194,10 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     extra: list[torch.Tensor] = []
     if return_last_state:
         # the padded tail has decay 1 and input 0, so the last padded state is the state after L
-        extra.append(states[-1, :, :, -1].to(in_dtype, copy=True))  # a copy: not a view of all states
+        last = torch.addcmul(local_states[-1, :, :, -1], from_start[-1, :, :, -1], starts[0, :, :, -1])
+        extra.append(last.to(in_dtype))
     if return_states:
+        states = torch.addcmul(local_states, from_start, starts)  # (t, b, d, c, n)
         every = states.permute(1, 3, 0, 2, 4).reshape(batch, nc * t, d, n)[:, :length]
         extra.append(every.to(in_dtype))
     return (y, *extra) if extra else y
