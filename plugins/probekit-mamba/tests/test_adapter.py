@@ -171,3 +171,14 @@ def test_training_through_the_adapter_changes_states():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_wraps_an_existing_model():
+    from probekit_mamba import build_mamba
+
+    model = build_mamba(MAMBA, backend="reference", use_conv=False)
+    adapter = MambaAdapter(model=model, backend="cpu-scan")
+    assert adapter.model is model and get_backend(model) == "cpu-scan"
+    assert model.layers[0].mixer._probekit_use_conv is False  # kept, not reset to the default
+    out, states = adapter.capture(_ids(), ["layer.2", "norm"])
+    assert torch.equal(states["norm"], out.last_hidden_state)

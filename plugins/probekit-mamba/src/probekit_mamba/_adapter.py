@@ -34,7 +34,11 @@ from probekit_mamba._backends import BACKENDS, build_mamba, get_backend, set_bac
 
 
 class MambaAdapter(ModelAdapter):
-    """A ``transformers`` Mamba / Mamba2 model (``.model``) with a selectable scan backend."""
+    """A ``transformers`` Mamba / Mamba2 model (``.model``) with a selectable scan backend.
+
+    Options are those of :class:`probekit_mamba.options.MambaOptions`. From Python, ``model=``
+    wraps an existing Mamba / Mamba2 model instead (e.g. one from :func:`probekit_mamba.build_mamba`).
+    """
 
     type_name = "mamba"
 
@@ -90,8 +94,7 @@ class MambaAdapter(ModelAdapter):
             raise SpecError(f"'{name}' is a '{cfg.model_type}' model, not mamba or mamba2", path="model.name",
                             fix="Use the `vit`, `detr` or `module` model types for other models.")
         if head is None:  # hub checkpoints are ForCausalLM; a saved bare model has no lm_head weights
-            archs = getattr(cfg, "architectures", None) or []
-            head = any(a.endswith("ForCausalLM") for a in archs) or not archs
+            head = any(a.endswith("ForCausalLM") for a in getattr(cfg, "architectures", None) or [])
         prefix = "Mamba" if cfg.model_type == "mamba" else "Mamba2"
         cls = getattr(transformers, f"{prefix}ForCausalLM" if head else f"{prefix}Model")
         if not pretrained:
