@@ -54,10 +54,12 @@ def test_grid_tiles_reassemble_the_image(side, patch):
     torch.testing.assert_close(rebuilt, image[0])
 
 
-def test_centres_are_x_column_y_row_over_side():
-    tops = torch.tensor([[[0, 0], [4, 28]]])  # (row, col)
+def test_centres_are_x_column_y_row_in_minus_one_one():
+    tops = torch.tensor([[[0, 0], [4, 28], [14, 14]]])  # (row, col)
     xy = centres(tops, 4, 32)
-    torch.testing.assert_close(xy, torch.tensor([[[2 / 32, 2 / 32], [30 / 32, 6 / 32]]]))
+    expected = torch.tensor([[[2, 2], [30, 6], [16, 16]]]) / 16 - 1
+    torch.testing.assert_close(xy, expected)
+    assert float(xy[0, 2].abs().max()) == 0.0  # the image centre is (0, 0)
 
 
 @pytest.mark.parametrize("variant", ["mamba", "mamba-length-adaptive", "transformer"])
@@ -75,9 +77,9 @@ def test_token_layout(variant):
     expected = model.embed(patches[1, 2]).flatten()
     torch.testing.assert_close(tokens[1, offset + 2, :6], expected)
     torch.testing.assert_close(tokens[:, offset:offset + 5, 6:], ctx_xy)
-    # delimiter, then queries: zero patch values and (x, y)
+    # delimiter, then queries: a zero patch through the embedding (= its bias) and (x, y)
     torch.testing.assert_close(tokens[:, offset + 5], model.delimiter.expand(2, 8))
-    assert torch.count_nonzero(tokens[:, offset + 6:, :6]) == 0
+    torch.testing.assert_close(tokens[:, offset + 6:, :6], model.embed.bias.expand(2, 3, 6))
     torch.testing.assert_close(tokens[:, offset + 6:, 6:], q_xy)
     if offset:
         length_token = model.length_embed(torch.tensor([[5 / LENGTH_SCALE]]))

@@ -7,13 +7,15 @@ An image becomes one sequence (``d = d_model``)::
 
 * context token ``c_i`` = ``[conv(patch_i) (d - 2 values), x_i, y_i]``: the p x p patch
   at a random position goes through one ``Conv2d(C, d - 2, kernel_size=p)`` (a learned
-  linear patch embedding), and ``(x_i, y_i)`` is the patch centre divided by the image
-  side (column, row; in (0, 1)). The study used centre / 100 on 128-pixel images, the
-  same range up to a factor 1.28.
+  linear patch embedding), and ``(x_i, y_i)`` is the patch centre (column, row) mapped to
+  (-1, 1) as ``2 * centre / side - 1``. The study used centre / 100 on 128-pixel images
+  (0 to 1.28); centred coordinates train much faster at small scale (the input norms of
+  both models are scale invariant, so an off-centre coordinate pair is a weak signal).
 * ``<delim>`` is one learned vector.
-* query token ``q_j`` = ``[0 (d - 2 values), x_j, y_j]``: zero patch values and the centre
-  of the patch to predict. The model's output at each query token goes through a
-  ``Linear(d, C * p * p)`` head: the predicted patch; the loss is the MSE against the true patch.
+* query token ``q_j`` = ``[conv(0) (d - 2 values), x_j, y_j]``: an all-zero patch through the
+  same embedding (so its values are the conv's bias) and the centre of the patch to predict.
+  The model's output at each query token goes through a ``Linear(d, C * p * p)`` head: the
+  predicted patch; the loss is the MSE against the true patch.
 * ``mamba-length-adaptive`` prepends a length token ``Linear(1, d)(L / 100)`` (L = number of
   context patches), and optionally (``dt_scaling``) shifts every Mamba layer's step
   ``dt = softplus(W x + b)`` to ``softplus(W x + b - gamma * log(L / 100))`` with a learned
@@ -64,9 +66,9 @@ def extract_patches(images: torch.Tensor, tops: torch.Tensor, patch: int) -> tor
 
 
 def centres(tops: torch.Tensor, patch: int, side: int) -> torch.Tensor:
-    """Patch centres ``(x, y)`` = (column, row), divided by the image side: (..., 2) in (0, 1)."""
+    """Patch centres ``(x, y)`` = (column, row) mapped to (-1, 1): ``2 * centre / side - 1``."""
     c = tops.float() + patch / 2.0
-    return torch.stack([c[..., 1], c[..., 0]], -1) / side
+    return torch.stack([c[..., 1], c[..., 0]], -1) * (2.0 / side) - 1.0
 
 
 def paste_patches(patches: torch.Tensor, tops: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +108,11 @@ class SequenceModel(nn.Module):
         values = self.embed(patches.reshape(n * length, self.channels, self.patch, self.patch))
         ctx = torch.cat([values.view(n, length, -1), ctx_xy.to(values.dtype)], -1)
         delim = self.delimiter.expand(n, 1, self.d_model)
-        queries = torch.cat([query_xy.new_zeros(n, q, self.d_model - 2), query_xy], -1).to(values.dtype)
+        # a query is a zero patch through the same embedding: its values are the conv's bias. A constant
+        # there matters: with all-zero values the models' input norms (RMSNorm / LayerNorm are scale
+        # invariant) would keep only the direction of (x, y) and lose where along it the query lies.
+        empty = self.embed(values.new_zeros(1, self.channels, self.patch, self.patch)).view(1, 1, -1)
+        queries = torch.cat([empty.expand(n, q, -1), query_xy.to(values.dtype)], -1)
         parts = [ctx, delim, queries]
         if self.length_token:
             lengths = torch.full((n, 1, 1), length / LENGTH_SCALE, dtype=values.dtype, device=values.device)
