@@ -19,6 +19,7 @@ from probekit_tradeoff._models import TradeoffModel, build_model
 from probekit_tradeoff._routing import routed_losses
 
 COLUMNS = ["family", "latent", "lambda", "test_mse", "test_ce", "accuracy"]
+DEFAULT_LAMBDAS = [0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0]  # as TradeoffOptions
 
 
 def point_name(family: str, latent: int, lam: float) -> str:
@@ -61,7 +62,7 @@ class TradeoffProbe(Probe):
     ):
         self.families = list(families or ["fc-medium"])
         self.latents = list(latents or [2, 4, 16, 64])
-        self.lambdas = [float(x) for x in (lambdas if lambdas is not None else [0.0, 0.5, 1.0])]
+        self.lambdas = [float(x) for x in (lambdas if lambdas is not None else DEFAULT_LAMBDAS)]
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.latent_activation = latent_activation
         self.baseline_kinds = list(baselines if baselines is not None else ["pca", "random"])
