@@ -32,7 +32,7 @@ def train_classifier(run: Any, adapter: ModelAdapter) -> dict[str, float]:
         data_id = {"type": section.type, "options": run.options["model.train.data"], "limit": section.limit}
     else:
         bundle = run.data
-        data_id = run._data_fingerprint()
+        data_id = run.data_fingerprint()
     key = cache_key(init=adapter.fingerprint(), train=opts.model_dump(), data=data_id, seed=run.seed)
     folder = run.cache_dir / "models"
     weights = folder / f"{key}.safetensors"

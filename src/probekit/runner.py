@@ -132,19 +132,21 @@ class Run:
     def features(self, layers: Sequence[str], split: str = "train", *, dtype: str | None = None,
                  include_input: bool = False,
                  transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-                 transform_id: str = "") -> FeatureSet:
+                 transform_id: str = "", model: ModelAdapter | None = None) -> FeatureSet:
         """Hidden states of the frozen model for ``split``, computed once and cached on disk.
 
         The set also holds ``labels`` and, with ``include_input``, ``input`` (the
         model-ready inputs after ``preprocess``). ``transform(layer, states)``
         reduces states before they are stored (e.g. pooling); give it a
-        ``transform_id`` that changes whenever its result would.
+        ``transform_id`` that changes whenever its result would. ``model`` reads
+        another adapter than the run's own (e.g. one a probe builds itself).
         """
-        assert self.model is not None and self.data is not None
+        model = model if model is not None else self.model
+        if model is None or self.data is None:
+            raise RuntimeError("run.features needs a model adapter and a data section")
         dtype = dtype or self.spec.cache_dtype
         dataset = self.data.train if split == "train" else self.data.test
-        model = self.model
-        base = {"model": model.fingerprint(), "data": self._data_fingerprint(), "split": split,
+        base = {"model": model.fingerprint(), "data": self.data_fingerprint(), "split": split,
                 "n": len(dataset), "dtype": dtype, "transform": transform_id if transform else ""}
         names = list(layers) + (["input"] if include_input else []) + ["labels"]
         keys = {n: cache_key(layer=n, **(base if n in layers else {**base, "transform": ""})) for n in names}
@@ -182,7 +184,8 @@ class Run:
             arrays = cache.get(keys, compute, dtype=dtype, info={"split": split})
         return FeatureSet(arrays)
 
-    def _data_fingerprint(self) -> dict[str, Any]:
+    def data_fingerprint(self) -> dict[str, Any]:
+        """What identifies the run's data (source, options, limits, seed): part of cache keys."""
         d = self.spec.data
         return {"type": d.type, "options": self.options.get("data", {}), "limit": d.limit,
                 "test_limit": d.test_limit, "seed": self.seed} if d else {}

@@ -11,12 +11,12 @@ sweep point starts again from the model's original weights.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from probekit.cache import FeatureCache, FeatureSet, cache_key
+from probekit.cache import FeatureSet
 from probekit.errors import SpecError
 
 
@@ -59,37 +59,13 @@ class Attached:
             f"tradeoff: encoder input is layer '{self.layer}' {self.in_shape} of a {type_name} model "
             f"({'trainable' if self.trainable else 'frozen'})"
         )
-        if not self.trainable:
-            data = run.spec.data
-            fingerprint = {
-                "type": data.type,
-                "options": run.options.get("data", {}),
-                "limit": data.limit,
-                "test_limit": data.test_limit,
-                "seed": run.seed,
-            }
-            cache = FeatureCache(run.cache_dir / "features")
+        if not self.trainable:  # frozen: the layer's states come from the core's feature cache
             for name, split in (("train", train), ("test", test)):
-                key = cache_key(
-                    model=adapter.fingerprint(),
-                    layer=self.layer,
-                    data=fingerprint,
-                    split=name,
-                    n=len(split.labels),
-                    dtype="float32",
-                    source="tradeoff",
-                )
-                arrays = cache.get({"feat": key}, self._compute(split.images), info={"split": name})
-                self.sets[name] = FeatureSet(arrays)
+                self.sets[name] = run.features([self.layer], name, model=adapter)
+                if len(self.sets[name]) != len(split.labels):
+                    raise RuntimeError(f"cached {name} features ({len(self.sets[name])}) do not match the data "
+                                       f"({len(split.labels)})")
         return self
-
-    def _compute(self, images: torch.Tensor) -> Callable[[Sequence[str]], Iterator[dict[str, Any]]]:
-        def compute(names: Sequence[str]) -> Iterator[dict[str, Any]]:
-            with torch.no_grad():
-                for i in range(0, len(images), 256):
-                    yield {"feat": self.states(images[i : i + 256]).float()}
-
-        return compute
 
     def states(self, images: torch.Tensor) -> torch.Tensor:
         """The layer's states for images in [0, 1] (with autograd when trainable)."""
@@ -104,7 +80,7 @@ class Attached:
         if self.trainable:
             return (lambda idx: split.images[idx]), (lambda images: model.encoder(self.states(images)))
         features = self.sets[name]
-        return (lambda idx: features.batch(idx.cpu(), ["feat"])["feat"].to(self.device)), None
+        return (lambda idx: features.batch(idx.cpu(), [self.layer])[self.layer].to(self.device)), None
 
     def reset(self) -> None:
         """Back to the original weights (each sweep point fine-tunes from the same start)."""
