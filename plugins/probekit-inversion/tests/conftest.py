@@ -3,11 +3,17 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One torch thread: on cores shared with other jobs, spinning OpenMP threads make tiny ops 10-30x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 # the test helpers module lives next to this file
 sys.path.insert(0, str(Path(__file__).parent))

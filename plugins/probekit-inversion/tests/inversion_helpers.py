@@ -117,9 +117,7 @@ class TinyDetr(nn.Module):
             enable_nested_tensor=False,
         )
         self.query = nn.Parameter(torch.randn(1, queries, width))
-        self.decoder = nn.TransformerDecoder(
-            nn.TransformerDecoderLayer(width, 2, 64, dropout=0.0, batch_first=True), 2
-        )
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(width, 2, 64, dropout=0.0, batch_first=True), 2)
         self.head = nn.Linear(width, classes + 1 + 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -102,9 +102,7 @@ def test_conv_channels_option_is_checked():
     m = build_inverse(Site("b", "map", (64, 4, 4)), Site("input", "image", (3, 32, 32)), arch)
     assert [c.out_channels for c in m.core.body if isinstance(c, torch.nn.ConvTranspose2d)] == [32, 16, 8]
     with pytest.raises(ValueError, match="3 x2 stages"):
-        build_inverse(
-            Site("b", "map", (64, 4, 4)), Site("input", "image", (3, 32, 32)), Arch(conv_channels=[8])
-        )
+        build_inverse(Site("b", "map", (64, 4, 4)), Site("input", "image", (3, 32, 32)), Arch(conv_channels=[8]))
 
 
 def test_modules_from_real_adapter_layers():

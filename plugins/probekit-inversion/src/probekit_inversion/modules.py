@@ -37,8 +37,6 @@ from torch import nn
 TOKEN_KINDS = ("tokens", "state")
 #: kinds of head outputs
 HEAD_KINDS = ("logits", "vector", "other")
-#: meta keys that mark a layer as a set of object queries (DETR decoder and head)
-QUERY_META = ("object_queries", "num_queries", "queries")
 
 
 @dataclass
@@ -93,7 +91,15 @@ class Site:
 
     @property
     def is_queries(self) -> bool:
-        return any(self.meta.get(k) for k in QUERY_META)
+        """Whether this layer is a set of object queries (DETR decoder / head), from its metadata."""
+        if self.meta.get("queries") is True:
+            return True
+        q = self.meta.get("object_queries") or self.meta.get("num_queries")
+        if not q or len(self.shape) != 2 or self.shape[0] != q:
+            return False
+        if self.meta.get("encoder_tokens") == q:  # as many encoder tokens as queries: tell by the name
+            return self.name.split(".")[0] in ("decoder", "head")
+        return True
 
 
 def _heads(width: int, wanted: int | None) -> int:
@@ -260,7 +266,7 @@ class ConvUpsampler(nn.Module):
         scale = max(out_hw[0] / in_hw[0], out_hw[1] / in_hw[1])
         stages = max(0, round(math.log2(scale))) if scale >= 1 else 0
         if channels is None:
-            channels = [max(16, in_channels // 4 ** (i + 1)) for i in range(stages)]
+            channels = [max(16, in_channels // 2 ** (i + 1)) for i in range(stages)]
         elif len(channels) != stages:
             raise ValueError(
                 f"architecture.conv_channels has {len(channels)} entries, but going from "

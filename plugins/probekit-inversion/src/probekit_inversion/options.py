@@ -33,7 +33,7 @@ class ArchitectureOptions(Options):
         None,
         description="Channels after each x2 transposed-convolution "
         "stage of the image upsampler (default: the "
-        "input width divided by 4 per stage, at least 16).",
+        "input width halved at every stage, at least 16).",
     )
     position_embedding: bool | None = Field(
         None, description="Add a learned position embedding to token inputs (default true)."

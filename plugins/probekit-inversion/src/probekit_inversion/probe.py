@@ -26,8 +26,8 @@ from probekit_inversion.modules import Arch, InverseChain, InverseModule, Site, 
 DEFAULT_METRICS = ("mse", "psnr", "ssim")
 #: metrics of a spec's list that do not compare images
 NON_IMAGE_METRICS = ("accuracy",)
-#: smallest image side for the default SSIM (Gaussian window 11)
-SSIM_MIN_SIZE = 11
+#: smallest image side for the default SSIM (its 11-wide window pads by 5, by reflection)
+SSIM_MIN_SIZE = 6
 #: rows of states used to set each module's standardisation
 STAT_ROWS = 1024
 
@@ -67,7 +67,7 @@ def state_hash(modules: Sequence[nn.Module]) -> str:
 
 
 class InversionProbe(Probe):
-    """Trains inverse modules per adjacent pair of layers (or a chain per depth); evaluates reconstructions."""
+    """Trains inverse modules per adjacent layer pair (or a chain per depth); evaluates reconstructions."""
 
     def __init__(
         self,
@@ -355,11 +355,11 @@ class InversionProbe(Probe):
         metrics = {
             n: run.create_metric(n) for n in DEFAULT_METRICS if n in available and not (n == "ssim" and small)
         }
-        if "lpips" in available:
+        if "lpips" in available and not self._lpips_warned:
             try:
                 metrics["lpips"] = run.create_metric("lpips")
             except Exception as exc:  # e.g. its backbone weights are not available offline
-                if not self._lpips_warned:
+                if not self._lpips_warned:  # tried once per run: later metric sets leave it out silently
                     run.log(
                         f"inversion: lpips left out of the default metrics ({type(exc).__name__}: "
                         f"{str(exc)[:160]}...); list it under `metrics:` with its options to require it"

@@ -116,7 +116,7 @@ def add_report(
         lines += ["Inverse modules:", ""]
         for i, step in enumerate(probe.chain.steps):
             lines.append(
-                f"- `{probe.sites[i + 1].name}` -> `{probe.sites[i].name}`: {step.description}, "
+                f"- `{probe.sites[i + 1].name}` -> `{probe.sites[i].name}`: {getattr(step, 'description', type(step).__name__)}, "
                 f"{sum(p.numel() for p in step.parameters()):,} parameters"
             )
         lines.append("")
