@@ -1,0 +1,43 @@
+"""Run the offline examples and copy their figures into docs/img/, so the docs show what the code makes.
+
+Usage: .venv/bin/python docs/gen_figures.py [example-name ...]   (default: all below)
+Runs go to runs/docs/<example>; figures are copied to docs/img/<folder>/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# example spec -> docs/img folder
+EXAMPLES = {
+    "quickstart": "quickstart",
+    "vit-linear-probe": "vit",
+    "vit-inversion": "inversion",
+    "detr-inversion": "inversion-detr",
+    "tradeoff-mnist": "tradeoff",
+    "mamba-length": "mamba",
+    "vit-robustness": "perturb",
+}
+
+
+def main(names: list[str]) -> None:
+    for name in names or list(EXAMPLES):
+        spec = ROOT / "examples" / f"{name}.yaml"
+        run_dir = ROOT / "runs" / "docs" / name
+        print(f"== {name}", flush=True)
+        subprocess.run([sys.executable, "-m", "probekit", "run", str(spec), "-o", str(run_dir), "--overwrite", "-q"],
+                       check=True)
+        dest = ROOT / "docs" / "img" / EXAMPLES[name]
+        dest.mkdir(parents=True, exist_ok=True)
+        for fig in sorted((run_dir / "figures").glob("*.png")):
+            shutil.copy2(fig, dest / fig.name)
+            print(f"   {fig.name} -> {dest.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
