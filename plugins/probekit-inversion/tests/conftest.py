@@ -10,7 +10,6 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-
 import torch  # noqa: E402
 
 torch.set_num_threads(1)

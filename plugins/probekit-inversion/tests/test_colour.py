@@ -11,13 +11,13 @@ import pytest
 import torch
 from inversion_helpers import TestModels
 from PIL import Image
-
-import probekit
-from probekit.errors import SpecError
 from probekit_inversion.analyses import colour_masks, hue_distance, rgb_to_hsv
 from probekit_inversion.options import ColourOptions
 from probekit_inversion.probe import InversionProbe
 from test_probe import _exact_fit
+
+import probekit
+from probekit.errors import SpecError
 
 
 def test_rgb_to_hsv_matches_colorsys():
@@ -74,8 +74,9 @@ def test_exact_inverses_keep_the_whole_colour_change(tmp_path, test_models, monk
 
 
 def test_missing_perturbation_plugin_is_a_clear_error(tmp_path, monkeypatch):
-    import probekit.plugins as plugins
     import probekit_inversion
+
+    import probekit.plugins as plugins
 
     pm = plugins.PluginManager(load_entry_points=False)  # the core's built-ins only: no perturbations
     pm.register(probekit_inversion, name="inversion")

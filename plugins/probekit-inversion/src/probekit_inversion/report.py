@@ -115,8 +115,9 @@ def add_report(
     if probe.chain is not None:
         lines += ["Inverse modules:", ""]
         for i, step in enumerate(probe.chain.steps):
+            what = getattr(step, "description", type(step).__name__)
             lines.append(
-                f"- `{probe.sites[i + 1].name}` -> `{probe.sites[i].name}`: {getattr(step, 'description', type(step).__name__)}, "
+                f"- `{probe.sites[i + 1].name}` -> `{probe.sites[i].name}`: {what}, "
                 f"{sum(p.numel() for p in step.parameters()):,} parameters"
             )
         lines.append("")
