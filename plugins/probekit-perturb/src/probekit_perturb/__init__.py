@@ -110,7 +110,12 @@ class PerturbationSpec(Options):
     def _check(self) -> PerturbationSpec:
         from probekit.plugins import get_plugin_manager
 
-        entry = get_plugin_manager().get("perturbations", self.type)
+        from probekit.errors import SpecError
+
+        try:
+            entry = get_plugin_manager().get("perturbations", self.type)
+        except SpecError as exc:  # as a ValueError, pydantic reports it with its key path
+            raise ValueError(str(exc)) from None
         model = entry.options_model()
         if model is not None:
             model.model_validate(self.options())
