@@ -108,9 +108,8 @@ class PerturbationSpec(Options):
 
     @model_validator(mode="after")
     def _check(self) -> PerturbationSpec:
-        from probekit.plugins import get_plugin_manager
-
         from probekit.errors import SpecError
+        from probekit.plugins import get_plugin_manager
 
         try:
             entry = get_plugin_manager().get("perturbations", self.type)
