@@ -62,9 +62,7 @@ def test_infidelity_is_zero_for_exact_attributions(linear, method, opts):
     adapter, x, y, w = linear
     attributor = Attributor(adapter, method, **opts)
     noise = probekit.create_perturbation("noise", std=0.1)
-    scores = infidelity_score(
-        attributor, x, y, noise, n_perturb_samples=5, generator=torch.Generator().manual_seed(0)
-    )
+    scores = infidelity_score(attributor, x, y, noise, n_perturb_samples=5, generator=torch.Generator().manual_seed(0))
     assert scores.shape == (6,)
     assert float(scores.abs().max()) < 1e-9
     # an attribution that is off by a factor of two is unfaithful

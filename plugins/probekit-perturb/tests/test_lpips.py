@@ -83,9 +83,7 @@ def test_full_torchvision_state_dict_in_the_hub_cache_is_used(tmp_path):
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     hub.mkdir(parents=True)
     torch.save(model.state_dict(), hub / torchvision_file_name("alex"))
-    assert probekit.create_metric("lpips")(_image("ex_p1"), _image("ex_ref")) == pytest.approx(
-        0.137566, abs=2e-6
-    )
+    assert probekit.create_metric("lpips")(_image("ex_p1"), _image("ex_ref")) == pytest.approx(0.137566, abs=2e-6)
 
 
 @needs_weights

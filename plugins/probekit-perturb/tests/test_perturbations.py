@@ -62,9 +62,7 @@ def test_hue_set_sets_the_hue_and_keeps_saturation_and_value():
     out = probekit.create_perturbation("hue-set", color="blue")(x)
     hsv_in, hsv_out = rgb_to_hsv(x), rgb_to_hsv(out)
     colored = hsv_in[:, 1] > 0.05
-    assert torch.allclose(
-        hsv_out[:, 0][colored], torch.full_like(hsv_out[:, 0][colored], 240 / 360), atol=1e-5
-    )
+    assert torch.allclose(hsv_out[:, 0][colored], torch.full_like(hsv_out[:, 0][colored], 240 / 360), atol=1e-5)
     assert torch.allclose(hsv_out[:, 1:], hsv_in[:, 1:], atol=1e-5)
     by_degrees = probekit.create_perturbation("hue-set", color=240.0)(x)
     assert torch.equal(by_degrees, out)
@@ -156,3 +154,19 @@ def test_same_results_on_cuda(name: str):
     gpu = p(x.cuda(), mask=torch.ones(16, 16, device="cuda"), generator=torch.Generator().manual_seed(0))
     assert gpu.device.type == "cuda"
     assert torch.allclose(gpu.cpu(), cpu, atol=1e-5)
+
+
+def test_region_restricts_a_perturbation_to_a_box():
+    from probekit_perturb import PerturbationSpec
+    from probekit_perturb.perturbations import InRegion
+
+    x = _images(2, 3, 10)
+    out = InRegion(probekit.create_perturbation("brightness", factor=0.0), [0.2, 0.5, 0.4, 0.5])(x)
+    inside = torch.zeros(10, 10, dtype=torch.bool)
+    inside[2:6, 5:10] = True
+    assert torch.equal(out[:, :, ~inside], x[:, :, ~inside])
+    assert float(out[:, :, inside].abs().max()) == 0.0
+    spec = PerturbationSpec.model_validate({"type": "hue-set", "color": "red", "region": [0.25, 0.25, 0.5, 0.5]})
+    assert spec.label() == "hue-set red in [0.25 0.25 0.5 0.5]"
+    with pytest.raises(ValueError, match="not a box inside the image"):
+        PerturbationSpec.model_validate({"type": "noise", "region": [0.5, 0.0, 0.6, 1.0]})

@@ -36,6 +36,7 @@ def _spec(lpips: bool) -> dict:
                 {"type": "brightness", "factor": 1.0, "name": "identity"},
                 {"type": "noise", "std": 0.3},
                 {"type": "occlusion", "size": 8, "count": 2},
+                {"type": "noise", "std": 0.3, "region": [0.0, 0.0, 0.5, 1.0]},
             ],
             "attribution": {"method": "gradient-x-input", "limit": 8, "n_perturb_samples": 2},
         },
@@ -55,12 +56,10 @@ def test_robustness_run_writes_results_figures_and_resumes(tmp_path):
     text = (run_dir / "results.csv").read_text()
     assert text.splitlines()[0] == "perturbation,layer,metric,value"
     rows = _rows(run_dir / "results.csv")
-    labels = ["identity", "noise 0.3", "occlusion size=8 count=2"]
-    assert [r["perturbation"] for r in rows[:: len(rows) // 3]] == labels
-    per = (
-        4 * 2 + 2 + (2 if lpips else 1) + 2
-    )  # (3 layers + output) x (cka, cosine); flips, distance; image; attr
-    assert len(rows) == 3 * per
+    labels = ["identity", "noise 0.3", "occlusion size=8 count=2", "noise 0.3 in [0 0 0.5 1]"]
+    assert [r["perturbation"] for r in rows[:: len(rows) // 4]] == labels
+    per = 4 * 2 + 2 + (2 if lpips else 1) + 2  # (3 layers + output) x (cka, cosine); flips, distance; image; attr
+    assert len(rows) == 4 * per
     value = {(r["perturbation"], r["layer"], r["metric"]): float(r["value"]) for r in rows}
     for layer in ("2", "5", "8", "output"):
         assert value[("identity", layer, "cka")] == pytest.approx(1.0, abs=1e-9)
@@ -70,6 +69,9 @@ def test_robustness_run_writes_results_figures_and_resumes(tmp_path):
     assert value[("identity", "output", "logit_distance")] == 0.0
     assert value[("identity", "input", "mse")] == 0.0
     assert value[("noise 0.3", "input", "mse")] > 0.01
+    # noise on the top half only: about half the squared error of noise everywhere
+    half = value[("noise 0.3 in [0 0 0.5 1]", "input", "mse")] / value[("noise 0.3", "input", "mse")]
+    assert 0.35 < half < 0.65
     assert value[("identity", "input", "infidelity:gradient-x-input")] >= 0.0
     if lpips:
         assert value[("identity", "input", "lpips")] == pytest.approx(0.0, abs=1e-6)
@@ -89,8 +91,9 @@ def test_robustness_run_writes_results_figures_and_resumes(tmp_path):
     assert "Robustness to input perturbations" in (run_dir / "report.md").read_text()
     json.loads((run_dir / "metrics.json").read_text())
 
-    # kill after the second perturbation: its checkpoint stays, the third and the table are gone
+    # kill after the second perturbation: its checkpoint stays, the later ones and the table are gone
     (run_dir / "checkpoints" / "robustness-2.json").unlink()
+    (run_dir / "checkpoints" / "robustness-3.json").unlink()
     (run_dir / "results.csv").unlink()
     probekit.run(_spec(lpips), run_dir, resume=True)
     assert (run_dir / "results.csv").read_text() == text

@@ -105,6 +105,13 @@ class PerturbationSpec(Options):
     model_config = Options.model_config | {"extra": "allow"}
     type: str = Field(..., description="Registered perturbation name (`probekit list perturbations`).")
     name: str | None = Field(None, description="Label in tables and figures (default: type and options).")
+    region: list[float] | None = Field(
+        None,
+        min_length=4,
+        max_length=4,
+        description="Restrict the perturbation to a box [top, left, height, width], in fractions of the "
+        "image size (the perturbation's mask).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PerturbationSpec:
@@ -118,6 +125,13 @@ class PerturbationSpec(Options):
         model = entry.options_model()
         if model is not None:
             model.model_validate(self.options())
+        if self.region is not None:
+            top, left, height, width = self.region
+            if not (0 <= top < 1 and 0 <= left < 1 and 0 < height <= 1 - top and 0 < width <= 1 - left):
+                raise ValueError(
+                    f"region {self.region} is not a box inside the image: give [top, left, height, "
+                    "width] as fractions, e.g. [0.25, 0.25, 0.5, 0.5] for the centre"
+                )
         return self
 
     def options(self) -> dict[str, Any]:
@@ -128,10 +142,14 @@ class PerturbationSpec(Options):
             return self.name
         opts = {k: v for k, v in self.options().items() if k != "seed"}
         if not opts:
-            return self.type
-        if len(opts) == 1:
-            return f"{self.type} {next(iter(opts.values()))}"
-        return f"{self.type} " + " ".join(f"{k}={v}" for k, v in opts.items())
+            text = self.type
+        elif len(opts) == 1:
+            text = f"{self.type} {next(iter(opts.values()))}"
+        else:
+            text = f"{self.type} " + " ".join(f"{k}={v}" for k, v in opts.items())
+        if self.region is not None:
+            text += " in [" + " ".join(f"{v:g}" for v in self.region) + "]"
+        return text
 
 
 class AttributionMetricOptions(Options):

@@ -21,6 +21,7 @@ import torch
 from probekit import checkpoint as ckpt
 from probekit.probe import Probe
 from probekit_perturb import PerturbationSpec
+from probekit_perturb.perturbations import InRegion
 from probekit_perturb.representation import CKA, Cosine, FlipRate, LogitDistance
 
 COLUMNS = ("perturbation", "layer", "metric", "value")
@@ -107,6 +108,8 @@ class RobustnessProbe(Probe):
         for i, (spec, label) in enumerate(zip(self.perturbations, self.labels)):
             opts = spec.options()
             perturb = create_perturbation(spec.type, **opts)
+            if spec.region is not None:
+                perturb = InRegion(perturb, spec.region)
             done = run.checkpoint_dir / f"robustness-{i}.json"
             generator = run.generator(f"robustness:{label}")
             if done.exists() and run.resume:

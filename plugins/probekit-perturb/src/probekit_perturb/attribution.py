@@ -355,7 +355,12 @@ class AttributionMetric(Metric):
         spec = dict(self.perturbation_spec)
         kind = spec.pop("type")
         spec.pop("name", None)
+        region = spec.pop("region", None)
         self._perturb = create_perturbation(kind, **spec)
+        if region is not None:
+            from probekit_perturb.perturbations import InRegion
+
+            self._perturb = InRegion(self._perturb, region)
         self.attributor = Attributor(model, self.method, layer=self.layer, **self.method_options)
         self._generator = torch.Generator().manual_seed(self.seed)
         return self

@@ -247,3 +247,29 @@ class Occlusion(Perturbation):
 PERTURBATIONS: dict[str, type[Perturbation]] = {
     cls.name: cls for cls in (HueSet, HueRotate, Grayscale, Brightness, Saturation, Noise, Occlusion)
 }
+
+
+def box_mask(region: list[float] | tuple[float, ...], images: torch.Tensor) -> torch.Tensor:
+    """A (1, 1, H, W) bool mask of the box ``[top, left, height, width]`` (fractions of the image size)."""
+    h, w = images.shape[-2:]
+    top, left, height, width = region
+    r0, c0 = int(round(top * h)), int(round(left * w))
+    r1, c1 = max(r0 + 1, int(round((top + height) * h))), max(c0 + 1, int(round((left + width) * w)))
+    mask = torch.zeros(1, 1, h, w, dtype=torch.bool, device=images.device)
+    mask[..., r0:r1, c0:c1] = True
+    return mask
+
+
+class InRegion:
+    """A perturbation restricted to a box of every image: ``perturb(images, mask=box, generator=...)``."""
+
+    def __init__(self, perturb: Perturbation, region: list[float] | tuple[float, ...]):
+        self.perturb, self.region = perturb, tuple(region)
+
+    def __call__(
+        self, images: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        box = box_mask(self.region, images)
+        if mask is not None:
+            box = box & (as_mask(mask, images) > 0)
+        return self.perturb(images, mask=box, generator=generator)
