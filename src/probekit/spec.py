@@ -250,6 +250,9 @@ def spec_error_from_validation(exc: ValidationError, prefix: str = "", model: An
         return SpecError(f"unknown key '{name}'{more}", path=path, fix=fix)
     if kind == "missing":
         return SpecError(f"required key is missing{more}", path=path, fix="Add it to the spec.")
+    if kind == "value_error":  # a validator's own message already says what is wrong
+        msg = err["msg"].removeprefix("Value error, ")
+        return SpecError(f"{msg}{more}", path=path, fix="" if msg.rstrip().endswith(".") else "Fix it in the spec.")
     given = err.get("input")
     shown = repr(given) if not isinstance(given, (dict, list)) else type(given).__name__
     return SpecError(f"{err['msg']} (got {shown}){more}", path=path,
