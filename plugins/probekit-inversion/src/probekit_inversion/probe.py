@@ -141,6 +141,13 @@ class InversionProbe(Probe):
                 path="model.type",
                 fix="Use a model adapter whose inputs are image tensors.",
             )
+        if not example.is_floating_point():
+            raise SpecError(
+                f"the inversion probe reconstructs float inputs (images, embeddings); {model.type_name} "
+                f"models here take {example.dtype} inputs (token ids), which have no pixel space to reconstruct",
+                path="model.type",
+                fix="Use an image model (vit, detr, module), or feed the model float embeddings.",
+            )
         in_shape = tuple(example.shape[1:])
         input_site = Site("input", "image" if len(in_shape) == 3 else "tokens", in_shape)
         self.sites = [input_site] + [Site.of(model.layer(n)) for n in wanted]
