@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from probekit_mamba._lengthgen_options import LengthGenOptions
+from probekit_mamba._seqmodels import extract_patches
 
 import probekit
 from probekit.errors import SpecError
@@ -79,6 +80,16 @@ def test_tiny_run_end_to_end(tmp_path):
                                         "adaptive_better_in_train_range"}
     assert set(metrics["prefix_mse_example_image"]["transformer"]) == {"1", "4", "12"}
     assert results == metrics
+    # the mean-image reference, recomputed from the probe's evaluation sets
+    probe = run.probe
+    train, test = probe.images(run, "train"), probe.images(run, "test")[:24]
+    mean_image = train.mean(0, keepdim=True).expand_as(test)
+    expected = []
+    for length in (2, 4, 6, 12):
+        _, qry = probe.eval_set(run, test, length)
+        expected.append(float(((extract_patches(mean_image, qry, 2) - extract_patches(test, qry, 2)) ** 2).mean()))
+    assert metrics["mse_mean_image_baseline"] == pytest.approx(sum(expected) / 4, rel=1e-6)
+    assert metrics["mse_mean_image_baseline"] < float((test ** 2).mean())  # better than predicting zeros
     assert "Length generalisation" in (tmp_path / "r" / "report.md").read_text()
     # each variant trained and checkpointed
     assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == [

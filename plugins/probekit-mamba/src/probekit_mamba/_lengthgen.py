@@ -180,10 +180,14 @@ class LengthGeneralizationProbe(Probe):
         a, b = o.train_lengths
         lengths = o.resolved_eval_lengths()
         mse: dict[str, dict[int, float]] = {v: {} for v in self.models}
+        # reference: predict every query patch by the mean training image there (uses no context)
+        mean_image = self.images(run, "train").mean(0, keepdim=True).expand_as(test)
+        baseline: list[float] = []
         rows = []
         for length in lengths:
             ctx, qry = self.eval_set(run, test, length)
             target = extract_patches(test, qry, o.patch_size)
+            baseline.append(float(patch_mse(extract_patches(mean_image, qry, o.patch_size), target)))
             for variant, model in self.models.items():
                 pred = self.predict(model, test, ctx, qry, run.device, o.eval_batch_size)
                 mse[variant][length] = float(patch_mse(pred, target))
@@ -204,6 +208,7 @@ class LengthGeneralizationProbe(Probe):
             "mse_at_longest_eval": {v: mse[v][lengths[-1]] for v in mse},
             "params": {v: count_parameters(m) for v, m in self.models.items()},
             "final_train_loss": {v: self.losses[v][-1] for v in self.losses},
+            "mse_mean_image_baseline": _mean(baseline),
         }
         checks: dict[str, bool] = {}
         if "mamba" in mse and beyond:
@@ -214,14 +219,15 @@ class LengthGeneralizationProbe(Probe):
                 results["mse_train_range"]["mamba-length-adaptive"] < results["mse_train_range"]["mamba"])
         results["findings"] = checks
 
-        self._plot_error(run, mse, lengths)
+        self._plot_error(run, mse, lengths, results["mse_mean_image_baseline"])
         recon_mse = self._plot_prefixes(run, test)
         results["prefix_mse_example_image"] = recon_mse
         self._report(run, results, mse, lengths)
         return results
 
     # -- figures and report ---------------------------------------------------------------------
-    def _plot_error(self, run: Any, mse: dict[str, dict[int, float]], lengths: list[int]) -> None:
+    def _plot_error(self, run: Any, mse: dict[str, dict[int, float]], lengths: list[int],
+                    baseline: float | None) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -232,6 +238,8 @@ class LengthGeneralizationProbe(Probe):
         ax.axvspan(a, b, color="tab:green", alpha=0.12, label=f"training lengths [{a}, {b}]")
         for variant in mse:
             ax.plot(lengths, [mse[variant][n] for n in lengths], "o-", ms=4, label=variant)
+        if baseline is not None:
+            ax.axhline(baseline, color="gray", ls="--", lw=1, label="mean training image (no context)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context length L (patches seen)")
         ax.set_ylabel("MSE on query patches")
@@ -311,8 +319,9 @@ class LengthGeneralizationProbe(Probe):
                          + " | ".join(f"{mse[v][n]:.4f}" for n in lengths)
                          + f" | {results['mse_train_range'][v]:.4f} | {_fmt(results['mse_beyond'][v])} |")
         findings = results["findings"]
-        lines += ["", f"MSE on query patches; `*` marks training lengths [{a}, {b}]. Optimiser: Adam "
-                      f"(the study used Lamb, which torch does not ship)."]
+        lines += ["", f"MSE on query patches; `*` marks training lengths [{a}, {b}]. Predicting the mean "
+                      f"training image (no context): {_fmt(results['mse_mean_image_baseline'])}. Optimiser: "
+                      f"Adam (the study used Lamb, which torch does not ship)."]
         if findings:
             lines += [""] + [f"- {k.replace('_', ' ')}: **{'yes' if v else 'no'}**"
                              for k, v in findings.items()]
