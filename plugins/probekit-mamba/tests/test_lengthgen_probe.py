@@ -118,9 +118,11 @@ def test_prefix_predictions_have_query_shapes(tmp_path):
     # predictions for a prefix are the model's outputs for that prefix alone (batching does not matter)
     again = probe.predict(probe.models["mamba"], test, ctx, qry, run.device, batch_size=5)
     torch.testing.assert_close(pred, again, rtol=1e-5, atol=1e-6)
-    # the evaluation set is the same for every variant and every call
+    # the evaluation set is the same for every variant and every call, and nested across lengths
     ctx2, qry2 = probe.eval_set(run, test, 7)
     assert torch.equal(ctx, ctx2) and torch.equal(qry, qry2)
+    ctx12, qry12 = probe.eval_set(run, test, 12)
+    assert torch.equal(ctx12[:, :7], ctx) and torch.equal(qry12, qry)
 
 
 def test_killed_run_resumes_to_identical_results(tmp_path, monkeypatch):

@@ -167,12 +167,19 @@ class LengthGeneralizationProbe(Probe):
         return torch.cat(out)
 
     def eval_set(self, run: Any, images: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context and query corners for evaluation at ``length``: the same for every variant."""
-        g = torch.Generator().manual_seed(epoch_seed(run.seed, length, "length-generalization eval"))
+        """Context and query corners for evaluation at ``length``.
+
+        Paired across lengths and variants: every image has one random sequence of context
+        positions and one set of queries; length L uses the first L positions. So the MSE at two
+        lengths differs only by the extra patches seen, not by a new random draw.
+        """
+        longest = max([*self.options.resolved_eval_lengths(), length])
+        g = torch.Generator().manual_seed(epoch_seed(run.seed, 0, "length-generalization eval"))
         side = images.shape[-1]
         p = self.options.patch_size
-        return (sample_positions(len(images), length, side, p, g),
-                sample_positions(len(images), self.options.queries, side, p, g))
+        ctx = sample_positions(len(images), longest, side, p, g)
+        qry = sample_positions(len(images), self.options.queries, side, p, g)
+        return ctx[:, :length], qry
 
     def _evaluate(self, run: Any) -> dict[str, Any]:
         o = self.options
