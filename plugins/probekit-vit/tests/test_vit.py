@@ -362,7 +362,10 @@ def test_run_trains_a_tiny_vit_and_probes_it(tmp_path: Path) -> None:
         "metrics": ["accuracy"],
     }
     results = probekit.run(spec, tmp_path / "run")
-    text = str(results)
-    for name in ("embed", "block.0.attn", "block.1", "norm", "head"):
-        assert name in text
-    assert (tmp_path / "run" / "metrics.json").exists()
+    acc = results["accuracy"]
+    assert set(acc) == {"embed", "block.0.attn", "block.1", "norm", "head"}
+    # 8x8 digits are nearly linearly separable from the pixels, so the token layers decode the class well;
+    # the 10 logits of a ViT trained for two epochs only carry less, but more than chance (0.1)
+    assert min(acc[n] for n in ("embed", "block.0.attn", "block.1", "norm")) > 0.85, acc
+    assert acc["head"] > 0.15, acc
+    assert (tmp_path / "run" / "figures" / "accuracy_vs_depth.png").exists()
