@@ -339,6 +339,8 @@ def execute(run: Run) -> dict[str, Any]:
         run.log(f"run '{run.spec.name}' in {run.run_dir} on {run.device}" + (" (resumed)" if run.resume else "")
                 + (f", {world} processes" if world > 1 else ""))
         seed_everything(run.seed)
+        if run.spec.threads:
+            torch.set_num_threads(run.spec.threads)
         from probekit.training import set_default_precision
 
         set_default_precision(run.spec.precision)

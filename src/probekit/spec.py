@@ -117,6 +117,7 @@ class Spec(BaseModel):
         "fp32", description="Training precision: fp32, or mixed precision with bf16 / fp16 autocast.")
     cache_dtype: Literal["float32", "float16"] = Field(
         "float32", description="Storage type of the feature cache (float16 halves its size).")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's own choice).")
     cache_dir: str | None = Field(None, description="Feature/model cache folder; default $PROBEKIT_CACHE "
                                                     "or ~/.cache/probekit.")
 

@@ -69,7 +69,9 @@ class Trainer:
         epochs: number of epochs.
         checkpoint: file for the state after each epoch (``None``: no checkpoints).
         seed: base seed; epoch ``e`` runs under ``epoch_seed(seed, e, tag)``.
-        tag: distinguishes several trainers of one run.
+        tag: distinguishes several trainers of one run (part of the seed).
+        name: how log lines call this trainer (default: ``tag``); not part of the seed, so that
+            trainers of several variants can share a tag and see identical batches.
         progress: optional ``progress(iterable, total=, desc=)`` wrapper (``Run.progress``).
         log: optional ``log(message)``.
         scheduler: optional LR scheduler stepped once per epoch.
@@ -78,13 +80,15 @@ class Trainer:
     def __init__(self, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer, *, epochs: int,
                  checkpoint: str | Path | None, seed: int = 0, tag: str = "",
                  progress: Callable[..., Iterable[Any]] | None = None,
-                 log: Callable[[str], None] | None = None, scheduler: Any = None, precision: str | None = None):
+                 log: Callable[[str], None] | None = None, scheduler: Any = None, precision: str | None = None,
+                 name: str | None = None):
         self.modules = dict(modules)
         self.optimizer = optimizer
         self.epochs = epochs
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.seed = seed
         self.tag = tag
+        self.name = name or tag or "training"
         self.progress = progress
         self.log = log or (lambda message: None)
         self.scheduler = scheduler
@@ -109,7 +113,7 @@ class Trainer:
             # results are the same; only time is lost).
             aside = self.checkpoint.with_name(self.checkpoint.name + ".corrupt")
             self.checkpoint.replace(aside)
-            self.log(f"{self.tag or 'training'}: {exc}; moved to {aside.name}, training again from the start")
+            self.log(f"{self.name}: {exc}; moved to {aside.name}, training again from the start")
             return
         for name, module in self.modules.items():
             module.load_state_dict(state["modules"][name])
@@ -120,7 +124,7 @@ class Trainer:
         self.losses = [float(x) for x in state["losses"]]
         self._partial = state.get("partial")
         where = f" and step {self._partial['step']}" if self._partial else ""
-        self.log(f"{self.tag or 'training'}: resumed after epoch {self.epoch}/{self.epochs}{where}")
+        self.log(f"{self.name}: resumed after epoch {self.epoch}/{self.epochs}{where}")
 
     def _save(self, partial: dict[str, Any] | None = None) -> None:
         from probekit import distributed
@@ -162,7 +166,7 @@ class Trainer:
                 total_loss, count = float(self._partial["loss_sum"]), int(self._partial["count"])
             it: Iterable[Any] = batches(generator)
             if self.progress is not None:
-                it = self.progress(it, total=total, desc=f"{self.tag or 'train'} {self.epoch + 1}/{self.epochs}")
+                it = self.progress(it, total=total, desc=f"{self.name} {self.epoch + 1}/{self.epochs}")
             for i, batch in enumerate(it):
                 if i < skip:
                     continue
@@ -180,7 +184,7 @@ class Trainer:
                         self._backward(loss)
                 if not math.isfinite(value):
                     raise RunError(
-                        f"{self.tag or 'training'}: loss is {value} at epoch {self.epoch + 1}, step {i + 1}; "
+                        f"{self.name}: loss is {value} at epoch {self.epoch + 1}, step {i + 1}; "
                         f"the last good checkpoint (after epoch {self.epoch}) is kept. Lower the learning "
                         f"rate or check the data, then run again with --resume.")
                 if self._scaler is not None:
@@ -193,14 +197,14 @@ class Trainer:
                 if _stop_requested:
                     self._save({"step": i + 1, "loss_sum": total_loss, "count": count,
                                 "rng": torch.get_rng_state()})
-                    raise StopRequested(f"{self.tag or 'training'}: stopped on request at epoch {self.epoch + 1}, "
+                    raise StopRequested(f"{self.name}: stopped on request at epoch {self.epoch + 1}, "
                                         f"step {i + 1}, after saving a checkpoint; continue with --resume")
             if self.scheduler is not None:
                 self.scheduler.step()
             self.losses.append(total_loss / max(count, 1))
             self.epoch += 1
             self._save()
-            self.log(f"{self.tag or 'train'} epoch {self.epoch}/{self.epochs}: loss {self.losses[-1]:.6g}")
+            self.log(f"{self.name} epoch {self.epoch}/{self.epochs}: loss {self.losses[-1]:.6g}")
         for m in self.modules.values():
             m.eval()
         return list(self.losses)
