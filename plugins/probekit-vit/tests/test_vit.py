@@ -223,6 +223,8 @@ def test_hf_random_init_from_config_and_config_overrides(tmp_path: Path) -> None
     adapter = create_model("vit", source="hf", name=str(tmp_path), pretrained=False, kwargs={"num_labels": 7})
     assert adapter.layer("head").shape == (7,)
     assert adapter.layer("head").meta == {"num_classes": 7}
+    with pytest.raises(SpecError, match="do not fit"):
+        create_model("vit", source="hf", name=str(tmp_path), kwargs={"num_labels": 7})
 
 
 # -- timm and HF agree ------------------------------------------------------------------------

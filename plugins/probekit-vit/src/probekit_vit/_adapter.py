@@ -215,6 +215,13 @@ class VitAdapter(ModelAdapter):
                     path="model.pretrained",
                     fix=_offline_fix(f"'{name}'"),
                 ) from None
+            except (RuntimeError, ValueError) as exc:  # e.g. kwargs that change a weight's shape
+                raise SpecError(
+                    f"the weights of '{name}' do not fit the model built with these kwargs ({exc})",
+                    path="model.kwargs",
+                    fix="Drop kwargs that change the architecture (num_labels, image_size, ...), "
+                    "or use `pretrained: false` for random weights.",
+                ) from None
         else:
             model = cls(config)
         self.model = model
