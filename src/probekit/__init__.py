@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     )
     from probekit.runner import Run, run
     from probekit.spec import Options, load_spec
+    from probekit.allocator import tune_allocator
     from probekit.training import Trainer
 
 _LAZY = {
@@ -50,13 +51,14 @@ _LAZY = {
     "run": "probekit.runner", "Run": "probekit.runner",
     "load_spec": "probekit.spec", "Options": "probekit.spec",
     "Trainer": "probekit.training",
+    "tune_allocator": "probekit.allocator",
 }
 
 __all__ = [
     "CapturePoint", "DataBundle", "DataInfo", "FeatureCache", "FeatureSet", "Layer", "Metric", "ModelAdapter",
     "Options", "Probe", "ProbekitError", "Run", "SpecError", "Trainer", "__version__", "capture", "create_dataset",
     "create_metric", "create_model", "create_perturbation", "create_probe", "get_plugin_manager", "hookimpl",
-    "load_spec", "run",
+    "load_spec", "run", "tune_allocator",
 ]
 
 
