@@ -18,6 +18,7 @@ from probekit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from probekit.adapter import Layer, ModelAdapter
+    from probekit.allocator import tune_allocator
     from probekit.cache import FeatureCache, FeatureSet
     from probekit.capture import CapturePoint, capture
     from probekit.data import DataBundle, DataInfo
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     )
     from probekit.runner import Run, run
     from probekit.spec import Options, load_spec
-    from probekit.allocator import tune_allocator
     from probekit.training import Trainer
 
 _LAZY = {
