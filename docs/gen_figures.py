@@ -13,15 +13,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# example spec -> docs/img folder
-EXAMPLES = {
-    "quickstart": "quickstart",
-    "vit-linear-probe": "vit",
-    "vit-inversion": "inversion",
-    "detr-inversion": "inversion-detr",
-    "tradeoff-mnist": "tradeoff",
-    "mamba-length": "mamba",
-    "vit-robustness": "perturb",
+# example spec -> (docs/img folder, prefix added to figure names, {figure: new name})
+EXAMPLES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "quickstart": ("quickstart", "", {}),
+    "vit-linear-probe": ("vit", "", {"accuracy_vs_depth.png": "linear-probe-accuracy.png"}),
+    "vit-inversion": ("inversion", "", {}),
+    "detr-inversion": ("inversion", "detr_", {}),
+    "tradeoff-mnist": ("tradeoff", "", {}),
+    "mamba-length": ("mamba", "lengthgen_", {}),
+    "vit-robustness": ("perturb", "", {}),
 }
 
 
@@ -32,11 +32,13 @@ def main(names: list[str]) -> None:
         print(f"== {name}", flush=True)
         subprocess.run([sys.executable, "-m", "probekit", "run", str(spec), "-o", str(run_dir), "--overwrite", "-q"],
                        check=True)
-        dest = ROOT / "docs" / "img" / EXAMPLES[name]
+        folder, prefix, renames = EXAMPLES[name]
+        dest = ROOT / "docs" / "img" / folder
         dest.mkdir(parents=True, exist_ok=True)
         for fig in sorted((run_dir / "figures").glob("*.png")):
-            shutil.copy2(fig, dest / fig.name)
-            print(f"   {fig.name} -> {dest.relative_to(ROOT)}")
+            target = dest / renames.get(fig.name, prefix + fig.name)
+            shutil.copy2(fig, target)
+            print(f"   {fig.name} -> {target.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
