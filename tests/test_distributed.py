@@ -2,7 +2,9 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import yaml
 
 SPEC = {
@@ -42,3 +44,32 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     log = (tmp_path / "two" / "log.txt").read_text()
     assert "2 processes" in log
     assert res.stdout.count("done:") == 1  # only rank 0 reports
+
+
+EXAMPLES = {
+    # example -> (plugin package, --set overrides that keep it small)
+    "tradeoff-mnist": ("probekit_tradeoff", ["probe.latents=[2,16]", "probe.lambdas=[0,1]", "probe.epochs=2",
+                                             "data.limit=1000"]),
+    "vit-inversion": ("probekit_inversion", ["probe.epochs=2", "model.train.epochs=2", "data.n=256", "threads=1"]),
+}
+
+
+def _example(tmp_path, example, name, overrides, *extra):
+    env = {**os.environ, "PROBEKIT_CACHE": str(tmp_path / f"cache-{name}")}
+    spec = Path(__file__).resolve().parents[1] / "examples" / f"{example}.yaml"
+    sets = [a for o in [*overrides, "device=cpu"] for a in ("--set", o)]
+    res = subprocess.run([sys.executable, "-m", "probekit", "run", str(spec), "-o", str(tmp_path / name), "-q",
+                          *sets, *extra], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads((tmp_path / name / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_examples_with_two_processes_match_one_process(tmp_path, example):
+    package, overrides = EXAMPLES[example]
+    pytest.importorskip(package)
+    one = dict(_flat(_example(tmp_path, example, "one", overrides)))
+    two = dict(_flat(_example(tmp_path, example, "two", overrides, "--nproc", "2")))
+    assert one.keys() == two.keys() and len(one) > 5
+    for k in one:
+        assert abs(one[k] - two[k]) <= 1e-5 * max(abs(one[k]), 1e-3), (k, one[k], two[k])
