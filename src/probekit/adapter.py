@@ -15,6 +15,9 @@ from probekit.capture import CapturePoint, call_model, capture
 
 LAYER_KINDS = ("image", "map", "tokens", "vector", "logits", "state", "other")
 
+#: PIL resampling codes (as image-processor configs store them) -> ``torch.nn.functional.interpolate`` modes
+PIL_INTERPOLATION = {0: "nearest", 1: "bicubic", 2: "bilinear", 3: "bicubic", 4: "area", 5: "bilinear"}
+
 
 @dataclass(frozen=True)
 class Layer:

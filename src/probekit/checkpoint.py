@@ -95,3 +95,36 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
 
 class CorruptCheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read."""
+
+
+def load_state_dict(path: str | os.PathLike[str], *, spec_path: str = "model.weights") -> dict[str, torch.Tensor]:
+    """Read model weights safely: safetensors, or ``torch.load(weights_only=True)`` (no code runs).
+
+    Unwraps the usual containers (``{"state_dict": ...}``, ``{"model": ...}``, ``{"state_dict_ema": ...}``)
+    and a DistributedDataParallel ``module.`` prefix. Unreadable files raise a SpecError naming
+    ``spec_path``.
+    """
+    from probekit.errors import SpecError
+
+    path = Path(path)
+    state: Any
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors of all kinds
+            raise SpecError(f"cannot read weights {path} safely ({type(exc).__name__}: {exc})", path=spec_path,
+                            fix="Save a plain state dict (torch.save(model.state_dict(), f) or safetensors).") from None
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise SpecError(f"weights {path} hold a {type(state).__name__}, not a state dict", path=spec_path,
+                        fix="Save model.state_dict().")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state

@@ -7,23 +7,9 @@ from torch import nn
 
 from probekit.adapter import ModelAdapter
 from probekit.capture import CapturePoint
+from probekit.checkpoint import load_state_dict
 from probekit.errors import SpecError
 from probekit.plugins import resolve
-
-
-def load_state_dict(path: str | Path) -> dict[str, Any]:
-    """Load weights safely: safetensors, or torch.load(weights_only=True)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    return state
 
 
 class ModuleAdapter(ModelAdapter):

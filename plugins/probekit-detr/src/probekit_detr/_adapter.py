@@ -23,12 +23,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from probekit.adapter import ModelAdapter
+from probekit.adapter import PIL_INTERPOLATION, ModelAdapter
 from probekit.capture import CapturePoint
+from probekit.checkpoint import load_state_dict
 from probekit.errors import SpecError
 
-# PIL resampling codes of Hugging Face image processors -> torch interpolation modes.
-_PIL_RESAMPLE = {0: "nearest", 1: "bicubic", 2: "bilinear", 3: "bicubic", 4: "area", 5: "bilinear"}
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 #: image size used for the layer shapes when the processor's aspect-keeping resize is used
 NOMINAL_IMAGE = (480, 640)
@@ -37,33 +36,6 @@ NOMINAL_IMAGE = (480, 640)
 def head_state(output: Any) -> torch.Tensor:
     """``head`` state from a DETR output: class logits and boxes concatenated per query."""
     return torch.cat([output.logits, output.pred_boxes], dim=-1)
-
-
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict safely: safetensors, or ``torch.load(weights_only=True)``."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: Any = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle errors of all kinds
-            raise SpecError(
-                f"cannot read weights {path} safely ({type(exc).__name__}: {exc})",
-                path="model.weights",
-                fix="Save a plain state dict (safetensors or torch.save).",
-            ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise SpecError(
-            f"weights {path} hold a {type(state).__name__}, not a state dict",
-            path="model.weights",
-            fix="Save model.state_dict().",
-        )
-    return state
 
 
 def _offline_fix(name: str) -> str:
@@ -195,7 +167,7 @@ class DetrAdapter(ModelAdapter):
         else:
             self.mean, self.std = (0.0,) * 3, (1.0,) * 3
         resample = getattr(proc, "resample", 2)
-        self.interpolation = _PIL_RESAMPLE.get(int(resample) if resample is not None else 2, "bilinear")
+        self.interpolation = PIL_INTERPOLATION.get(int(resample) if resample is not None else 2, "bilinear")
         size = proc.size
         shortest = size.get("shortest_edge") if hasattr(size, "get") else None
         if shortest:

@@ -20,51 +20,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from probekit.adapter import ModelAdapter
+from probekit.adapter import PIL_INTERPOLATION, ModelAdapter
 from probekit.capture import CapturePoint
+from probekit.checkpoint import load_state_dict
 from probekit.errors import SpecError, did_you_mean
 
-# PIL resampling codes of Hugging Face image processors -> torch interpolation modes.
-_PIL_RESAMPLE = {0: "nearest", 1: "bicubic", 2: "bilinear", 3: "bicubic", 4: "area", 5: "bilinear"}
 _TIMM_INTERP = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest", "area": "area"}
-
-
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict safely: safetensors, or ``torch.load(weights_only=True)``.
-
-    Unwraps the usual containers (``{"state_dict": ...}``, ``{"model": ...}``) and
-    a DistributedDataParallel ``module.`` prefix.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: Any = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle errors of all kinds
-            raise SpecError(
-                f"cannot read weights {path} safely ({type(exc).__name__}: {exc})",
-                path="model.weights",
-                fix="Save a plain state dict (torch.save(model.state_dict(), f) or safetensors).",
-            ) from None
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise SpecError(
-            f"weights {path} hold a {type(state).__name__}, not a state dict",
-            path="model.weights",
-            fix="Save model.state_dict().",
-        )
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
 
 
 def _offline_fix(what: str) -> str:
@@ -339,7 +302,7 @@ def _hf_preprocessing(
     else:
         mean, std = (0.0,) * input_shape[0], (1.0,) * input_shape[0]
     resample = getattr(proc, "resample", 2)
-    return mean, std, _PIL_RESAMPLE.get(int(resample) if resample is not None else 2, "bilinear")
+    return mean, std, PIL_INTERPOLATION.get(int(resample) if resample is not None else 2, "bilinear")
 
 
 def _find_layer_list(base: nn.Module) -> str:
