@@ -222,3 +222,35 @@ def test_mixed_precision_and_fp16_cache_run(tmp_path, digits_spec):
     assert results["accuracy"]["9"] > 0.3
     shards = list((tmp_path.parent).rglob("manifest.json"))
     assert any('"float16"' in p.read_text() for p in shards)
+
+
+def test_kill_at_random_points_then_resume_reproduces_the_results(tmp_path, digits_spec):
+    """SIGKILL or SIGTERM at random moments (set-up, model training, feature caching, probe training)."""
+    import random
+
+    spec = digits_spec(epochs=6)
+    spec["model"]["train"]["epochs"] = 2
+    path = _write_spec(tmp_path, spec)
+    t0 = time.time()
+    ref = _cli("run", str(path), "-o", str(tmp_path / "ref"), "-q", env={"PROBEKIT_CACHE": str(tmp_path / "c0")})
+    assert ref.returncode == 0, ref.stderr
+    duration = time.time() - t0
+    rng = random.Random(1234)
+    for i in range(3):
+        sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
+        delay = rng.uniform(0.2, 0.9) * duration
+        run_dir, env = tmp_path / f"run{i}", {**os.environ, "PROBEKIT_CACHE": str(tmp_path / f"c{i + 1}")}
+        proc = subprocess.Popen([sys.executable, "-m", "probekit", "run", str(path), "-o", str(run_dir), "-q"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(sig)
+            proc.wait(timeout=120)
+        for _ in range(3):  # a SIGTERM during training stops with 143; resume until finished
+            res = subprocess.run([sys.executable, "-m", "probekit", "run", str(path), "-o", str(run_dir), "--resume",
+                                  "-q"], env=env, capture_output=True, text=True)
+            if res.returncode == 0:
+                break
+        assert res.returncode == 0, (sig, delay, res.stderr)
+        assert (run_dir / "metrics.json").read_text() == (tmp_path / "ref" / "metrics.json").read_text(), (sig, delay)
