@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -165,7 +166,7 @@ def test_detr_plugin_end_to_end(tmp_path):
     if "detr" not in get_plugin_manager().names("models"):
         pytest.skip("probekit-detr does not register `detr` yet")
     spec = load_spec(
-        Path(__file__).parents[3] / "examples" / "detr-inversion.yaml",
+        Path(os.environ.get("PROBEKIT_REPO") or Path(__file__).parents[3]) / "examples" / "detr-inversion.yaml",
         ["probe.epochs=1", "data.n=24", "probe.analyses=[]"],
     )
     results = probekit.run(spec, tmp_path / "run")

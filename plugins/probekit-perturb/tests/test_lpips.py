@@ -11,7 +11,8 @@ import torch
 
 import probekit
 
-REPO = Path(__file__).resolve().parents[3]  # tests -> probekit-perturb -> plugins -> repository root
+# the repository root (tests -> probekit-perturb -> plugins -> root), or $PROBEKIT_REPO for installed-wheel runs
+REPO = Path(os.environ.get("PROBEKIT_REPO") or Path(__file__).resolve().parents[3])
 
 
 def _shared_lpips() -> Path | None:

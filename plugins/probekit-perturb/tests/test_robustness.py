@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 import probekit
 
-SHARED = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "lpips" / "alexnet_features.pth"
+REPO = Path(os.environ.get("PROBEKIT_REPO") or Path(__file__).resolve().parents[3])
+SHARED = REPO / ".." / "shared" / "data" / "lpips" / "alexnet_features.pth"
 
 
 def _spec(lpips: bool) -> dict:

@@ -20,7 +20,7 @@ from probekit.errors import SpecError
 from probekit.runner import execute, prepare
 from probekit.spec import load_spec
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(os.environ.get("PROBEKIT_REPO") or Path(__file__).resolve().parents[3])  # repository root
 
 
 def _spec(**probe: Any) -> dict[str, Any]:
