@@ -27,6 +27,7 @@ from probekit.adapter import PIL_INTERPOLATION, ModelAdapter
 from probekit.capture import CapturePoint
 from probekit.checkpoint import load_state_dict
 from probekit.errors import SpecError
+from probekit.hf import load_config
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 #: image size used for the layer shapes when the processor's aspect-keeping resize is used
@@ -80,26 +81,8 @@ class DetrAdapter(ModelAdapter):
         if name is not None:
             local = Path(name).expanduser()
             src = str(local) if local.is_dir() else name
-            if local.is_dir() and not (local / "config.json").exists():
-                raise SpecError(
-                    f"{local} has no config.json",
-                    path="model.name",
-                    fix="Give a directory written by save_pretrained (config.json + weights).",
-                )
-            try:
-                cfg = DetrConfig.from_pretrained(src, trust_remote_code=trust_remote_code, **overrides)
-            except OSError as exc:
-                raise SpecError(
-                    f"cannot load the config of DETR '{name}' ({type(exc).__name__})",
-                    path="model.name",
-                    fix=_offline_fix(name),
-                ) from None
-            if cfg.model_type != "detr":
-                raise SpecError(
-                    f"'{name}' is a '{cfg.model_type}' model, not 'detr'",
-                    path="model.name",
-                    fix="Give a DetrForObjectDetection checkpoint.",
-                )
+            cfg = load_config(name, model_type="detr", fix=_offline_fix(name), trust_remote_code=trust_remote_code,
+                              config_class=DetrConfig, overrides=overrides)
         else:
             try:
                 cfg = DetrConfig(**overrides)

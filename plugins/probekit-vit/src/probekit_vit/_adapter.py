@@ -26,6 +26,7 @@ from probekit.adapter import PIL_INTERPOLATION, ModelAdapter
 from probekit.capture import CapturePoint
 from probekit.checkpoint import load_state_dict
 from probekit.errors import SpecError, did_you_mean
+from probekit.hf import load_config
 
 _TIMM_INTERP = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest", "area": "area"}
 
@@ -146,26 +147,8 @@ class VitAdapter(ModelAdapter):
 
         local = Path(name).expanduser()
         src = str(local) if local.is_dir() else name
-        if local.is_dir() and not (local / "config.json").exists():
-            raise SpecError(
-                f"{local} has no config.json",
-                path="model.name",
-                fix="Give a directory written by save_pretrained (config.json + model weights).",
-            )
-        try:
-            config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code, **kwargs)
-        except OSError as exc:
-            raise SpecError(
-                f"cannot load the Hugging Face config of '{name}' ({type(exc).__name__})",
-                path="model.name",
-                fix=_offline_fix(f"'{name}'"),
-            ) from None
-        if config.model_type != "vit":
-            raise SpecError(
-                f"'{name}' is a '{config.model_type}' model, not 'vit'",
-                path="model.name",
-                fix="Give a ViTModel / ViTForImageClassification checkpoint.",
-            )
+        config = load_config(name, model_type="vit", fix=_offline_fix(f"'{name}'"), trust_remote_code=trust_remote_code,
+                             config_class=AutoConfig, overrides=kwargs)
         archs = config.architectures or []
         classify = any("ForImageClassification" in a for a in archs) or "num_labels" in kwargs
         cls = ViTForImageClassification if classify else ViTModel
