@@ -10,9 +10,10 @@ inputs are random embeddings, batch 8, length 1024; the loss is the mean square 
 
 Each backend runs in its own subprocess, so that ``ru_maxrss`` (the peak resident set size) is
 that backend's peak; "extra" is the peak minus the resident size just before the timed runs.
-Both use the same number of torch threads (``--threads``, default 1: on a shared machine more
-threads mostly measure the neighbours). The outputs and the parameter gradients of the two
-backends are compared at the end. Target: time ratio reference / cpu-scan >= 20.
+Both use the same number of torch threads (``--threads``, default: one per CPU core, torch's own
+default; use ``--threads 1`` on a shared machine, where more threads mostly measure the neighbours).
+The outputs and the parameter gradients of the two backends are compared at the end.
+Target: time ratio reference / cpu-scan >= 20.
 
     python benchmarks/mamba_scan.py [--batch 8] [--length 1024] [--repeats 3] [--ref-repeats 1]
 """
@@ -86,7 +87,7 @@ def main() -> None:
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3, help="timed runs of cpu-scan (twice)")
     p.add_argument("--ref-repeats", type=int, default=1, help="timed runs of the (slow) reference")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--chunk", type=int, default=32)
     p.add_argument("--child")
     p.add_argument("--out")

@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 # script -> list of (label, regex with one group (the ratio), comparison, target); comparison None = report only
 BENCHMARKS: dict[str, list[tuple[str, str, str | None, float]]] = {
     "cli_startup": [("probekit --help / import torch", r"ratio help/torch: ([\d.]+)", "<=", 0.3)],
-    "capture_overhead": [("capture all layers / plain forward: {0}", r"^([\w-]+): .*ratio ([\d.]+)x", "<=", 1.05)],
+    "capture_overhead": [("capture all layers / plain forward: {0}", r"^(\S+) .*; ratio ([\d.]+)x", "<=", 1.05)],
     "cache_memory": [("peak RSS, 10x larger cache / smaller", r"ratio large/small: ([\d.]+)", "<=", 1.2)],
     "inversion_training": [("inversion: recompute / feature cache (wall)", r"recompute / cache\): wall ([\d.]+)x",
                             ">=", 5.0)],
