@@ -254,3 +254,14 @@ def test_kill_at_random_points_then_resume_reproduces_the_results(tmp_path, digi
                 break
         assert res.returncode == 0, (sig, delay, res.stderr)
         assert (run_dir / "metrics.json").read_text() == (tmp_path / "ref" / "metrics.json").read_text(), (sig, delay)
+
+
+def test_run_paths_cannot_leave_the_run_directory(tmp_path, digits_spec):
+    from probekit.runner import prepare
+    from probekit.spec import load_spec
+
+    run = prepare(load_spec(digits_spec()), tmp_path / "r")
+    assert run.path("figures/a.png") == (tmp_path / "r" / "figures" / "a.png").resolve()
+    for bad in ("../escape.csv", "/etc/passwd", "figures/../../x"):
+        with pytest.raises(ValueError, match="leaves the run directory"):
+            run.path(bad)
