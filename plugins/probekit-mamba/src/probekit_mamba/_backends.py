@@ -126,6 +126,22 @@ def _torch_path(fn: Any) -> Any:
     return inspect.unwrap(fn)
 
 
+def _conv(self: Any, version: int, x: torch.Tensor, conv_state: Any, cache: Any, seq_len: int, kernels: bool,
+          kwargs: dict[str, Any]) -> torch.Tensor:
+    """The mixer's depthwise causal convolution and activation (or only the activation without conv1d),
+    as transformers' Mamba (``version`` 1) and Mamba2 (2) forwards compute them."""
+    if not self._probekit_use_conv:
+        return self.act(x)
+    if conv_state is not None and seq_len == 1 and not cache.is_recording_past(self.layer_idx):
+        return _lib_fn(version, "causal_conv1d_update", kernels)(
+            x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation=self.activation)
+    if cache is not None:
+        x = cache.update_conv_state(x, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
+    x = _lib_fn(version, "causal_conv1d_fn", kernels)(
+        x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation=self.activation, **kwargs)
+    return x[:, :, -seq_len:] if cache is not None else x
+
+
 def _lib_fn(version: int, name: str, kernels: bool) -> Any:
     fn = getattr(_lib(version), name)
     return fn if kernels else _torch_path(fn)
@@ -171,21 +187,7 @@ def _mamba_forward(self: nn.Module, hidden_states: torch.Tensor, cache: Any = No
     hidden_states_B_C, gate = projected_states.chunk(2, dim=1)
 
     # 2. depthwise causal convolution (or its bypass), then the activation
-    if not self._probekit_use_conv:
-        hidden_states_B_C = self.act(hidden_states_B_C)
-    elif conv_state is not None and seq_len == 1 and not cache.is_recording_past(self.layer_idx):
-        hidden_states_B_C = _lib_fn(1, "causal_conv1d_update", kernels)(
-            hidden_states_B_C, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
-            activation=self.activation)
-    else:
-        if cache is not None:
-            hidden_states_B_C = cache.update_conv_state(hidden_states_B_C, self.layer_idx,
-                                                        conv_kernel_size=self.conv_kernel_size)
-        hidden_states_B_C = _lib_fn(1, "causal_conv1d_fn", kernels)(
-            hidden_states_B_C, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation=self.activation,
-            **kwargs)
-        if cache is not None:
-            hidden_states_B_C = hidden_states_B_C[:, :, -seq_len:]
+    hidden_states_B_C = _conv(self, 1, hidden_states_B_C, conv_state, cache, seq_len, kernels, kwargs)
 
     # 3. selective scan
     hidden_states_B_C = lib.apply_mask_to_padding_states(hidden_states_B_C.transpose(1, 2), attention_mask)
@@ -259,21 +261,7 @@ def _mamba2_forward(self: nn.Module, hidden_states: torch.Tensor, cache: Any = N
         [self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
 
     hidden_states_B_C = hidden_states_B_C.transpose(1, 2)
-    if not self._probekit_use_conv:
-        hidden_states_B_C = self.act(hidden_states_B_C)
-    elif conv_state is not None and seq_len == 1 and not cache.is_recording_past(self.layer_idx):
-        hidden_states_B_C = _lib_fn(2, "causal_conv1d_update", kernels)(
-            hidden_states_B_C, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
-            activation=self.activation)
-    else:
-        if cache is not None:
-            hidden_states_B_C = cache.update_conv_state(hidden_states_B_C, self.layer_idx,
-                                                        conv_kernel_size=self.conv_kernel_size)
-        hidden_states_B_C = _lib_fn(2, "causal_conv1d_fn", kernels)(
-            hidden_states_B_C, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation=self.activation,
-            **kwargs)
-        if cache is not None:
-            hidden_states_B_C = hidden_states_B_C[:, :, -seq_len:]
+    hidden_states_B_C = _conv(self, 2, hidden_states_B_C, conv_state, cache, seq_len, kernels, kwargs)
 
     hidden_states_B_C = lib.apply_mask_to_padding_states(hidden_states_B_C.transpose(1, 2), attention_mask)
     groups_state = self.n_groups * self.ssm_state_size
