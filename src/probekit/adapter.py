@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from probekit.capture import CapturePoint, call_model, capture
+from probekit.data import luminance
 
 LAYER_KINDS = ("image", "map", "tokens", "vector", "logits", "state", "other")
 
@@ -186,7 +187,7 @@ class ModelAdapter:
             if x.shape[1] == 1:
                 x = x.expand(-1, c, -1, -1)
             elif c == 1 and x.shape[1] == 3:
-                x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+                x = luminance(x)
             else:
                 raise ValueError(f"{self.type_name} model takes {c}-channel images, got {x.shape[1]} channels")
         if tuple(x.shape[-2:]) != (h, w):

@@ -49,6 +49,11 @@ class TensorImageDataset(Dataset):
         return self.images[index], self.labels[index]
 
 
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma (N, 1, H, W) of RGB images (N, 3, H, W), the weights of PIL's ``convert('L')``."""
+    return 0.299 * images[:, 0:1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3]
+
+
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A deterministic shuffled train/test split of ``range(n)``."""
     g = torch.Generator().manual_seed(seed)

@@ -19,6 +19,7 @@ from probekit.cache import cache_key
 def train_classifier(run: Any, adapter: ModelAdapter) -> dict[str, float]:
     """Train ``adapter.model`` on the spec's ``model.train`` settings (or load the cached result)."""
     from safetensors.torch import load_file
+    from safetensors.torch import save as safetensors_bytes
 
     from probekit.checkpoint import atomic_open, write_json
     from probekit.runner import build_data
@@ -69,15 +70,9 @@ def train_classifier(run: Any, adapter: ModelAdapter) -> dict[str, float]:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_open(weights, "wb") as f:
-        f.write(save_safetensors(state))
+        f.write(safetensors_bytes(state))
     write_json(folder / f"{key}.json", {"losses": losses, "test_accuracy": accuracy, "train": opts.model_dump()})
     return {"test_accuracy": accuracy}
-
-
-def save_safetensors(state: dict[str, torch.Tensor]) -> bytes:
-    from safetensors.torch import save
-
-    return save(state)
 
 
 def _accuracy(adapter: ModelAdapter, dataset: Any, run: Any) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import random
 import sys
 import time
@@ -421,4 +420,3 @@ def run(spec: str | Path | Mapping[str, Any] | LoadedSpec, run_dir: str | Path |
 
 
 __all__ = ["Run", "run", "prepare", "execute", "RunError", "build_data", "seed_everything"]
-_ = os

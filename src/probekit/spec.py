@@ -190,7 +190,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         for depth, part in enumerate(parts[:-1]):
             here = ".".join(parts[: depth + 1])
             if isinstance(node, list):
-                node = _list_item(node, part, here, item)
+                node = node[_index(node, part, here, item)]
                 continue
             if not isinstance(node, dict):
                 raise SpecError(f"bad --set '{item}': '{'.'.join(parts[:depth])}' is a value, not a section",
@@ -218,10 +218,6 @@ def _index(node: list[Any], part: str, here: str, item: str) -> int:
     except (ValueError, IndexError):
         raise SpecError(f"bad --set '{item}': '{part}' is not an index of a list of {len(node)} items",
                         path=here, fix=f"Use an index from 0 to {len(node) - 1}.") from None
-
-
-def _list_item(node: list[Any], part: str, here: str, item: str) -> Any:
-    return node[_index(node, part, here, item)]
 
 
 def _loc(loc: Iterable[Any]) -> str:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probekit.data import DataBundle, DataInfo, TensorImageDataset, split_indices
+from probekit.data import DataBundle, DataInfo, TensorImageDataset, luminance, split_indices
 from probekit.errors import SpecError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -18,7 +18,7 @@ def _convert(images: torch.Tensor, size: int | None, channels: int | None) -> to
     if channels == 3 and images.shape[1] == 1:
         images = images.repeat(1, 3, 1, 1)
     elif channels == 1 and images.shape[1] == 3:
-        images = (0.299 * images[:, 0:1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3])
+        images = luminance(images)
     if size is not None and tuple(images.shape[-2:]) != (size, size):
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
                                align_corners=False).clamp(0, 1)

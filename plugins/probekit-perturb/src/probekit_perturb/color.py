@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from probekit.data import luminance as core_luminance
+
 _EPS = 1e-8
 
 
@@ -56,4 +58,4 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
 def luminance(rgb: torch.Tensor) -> torch.Tensor:
     """ITU-R BT.601 luma (N, 1, H, W) of RGB images, the weights of PIL's ``convert('L')``."""
     _check_rgb(rgb, "luminance")
-    return 0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]
+    return core_luminance(rgb)
