@@ -55,16 +55,18 @@ class LinearProbe(Probe):
         return run.features(names, split, transform=lambda n, t: pool_states(t, self.pool, self.max_features),
                             transform_id=f"pool={self.pool},max={self.max_features}")
 
-    def _vectors(self, run: Any, feats: Any, name: str) -> torch.Tensor:
-        return torch.cat([b[name] for b in feats.batches(4096, names=[name])]).float()
+    @staticmethod
+    def _column(feats: Any, name: str) -> torch.Tensor:
+        """Every row of one cached array (a layer's vectors, or the labels), in dataset order."""
+        return torch.cat([b[name] for b in feats.batches(4096, names=[name])])
 
     def fit(self, run: Any) -> None:
         names = self._layers(run)
         feats = self._features(run, names, "train")
-        labels = torch.cat([b["labels"] for b in feats.batches(4096, names=["labels"])])
+        labels = self._column(feats, "labels")
         num_classes = max(run.data.info.num_classes, int(labels.max()) + 1)
         for name in names:
-            x = self._vectors(run, feats, name)
+            x = self._column(feats, name).float()
             mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
             self.stats[name] = (mean, std)
             x = ((x - mean) / std).to(run.device)
@@ -93,13 +95,16 @@ class LinearProbe(Probe):
         names = list(self.classifiers)
         test = self._features(run, names, "test")
         train = self._features(run, names, "train")
-        rows, acc, train_acc = [], {}, {}
+        acc: dict[str, float] = {}
+        train_acc: dict[str, float] = {}
+        splits = [(test, self._column(test, "labels").to(run.device), acc),
+                  (train, self._column(train, "labels").to(run.device), train_acc)]
+        rows = []
         for name in names:
             clf = self.classifiers[name].eval()
             mean, std = self.stats[name]
-            for feats, out in ((test, acc), (train, train_acc)):
-                x = ((self._vectors(run, feats, name) - mean) / std).to(run.device)
-                y = torch.cat([b["labels"] for b in feats.batches(4096, names=["labels"])]).to(run.device)
+            for feats, y, out in splits:
+                x = ((self._column(feats, name).float() - mean) / std).to(run.device)
                 with torch.no_grad():
                     out[name] = float((clf(x).argmax(1) == y).float().mean())
             rows.append({"layer": name, "metric": "accuracy", "value": acc[name]})
