@@ -199,6 +199,9 @@ class Trainer:
                                 "rng": torch.get_rng_state()})
                     raise StopRequested(f"{self.name}: stopped on request at epoch {self.epoch + 1}, "
                                         f"step {i + 1}, after saving a checkpoint; continue with --resume")
+            if self._partial is not None:  # stopped after the epoch's last step: nothing was left to run
+                torch.set_rng_state(self._partial["rng"])
+                self._partial = None
             if self.scheduler is not None:
                 self.scheduler.step()
             self.losses.append(total_loss / max(count, 1))
