@@ -73,3 +73,59 @@ def test_examples_with_two_processes_match_one_process(tmp_path, example):
     assert one.keys() == two.keys() and len(one) > 5
     for k in one:
         assert abs(one[k] - two[k]) <= 1e-5 * max(abs(one[k]), 1e-3), (k, one[k], two[k])
+
+
+def test_distributed_batch_sampler_shares_are_the_one_process_batches():
+    import torch
+
+    from probekit.distributed import DistributedBatchSampler
+    from probekit.training import batches_of
+
+    for n, bs, world in [(10, 4, 2), (10, 3, 3), (7, 8, 4), (1, 1, 2)]:
+        whole = batches_of(n, bs, torch.Generator().manual_seed(5))
+        shares = [DistributedBatchSampler(n, bs, torch.Generator().manual_seed(5), rank=r, num_replicas=world)
+                  for r in range(world)]
+        per_rank = [list(s) for s in shares]
+        assert all(len(s) == len(whole) == len(p) for s, p in zip(shares, per_rank))
+        for j, batch in enumerate(whole):
+            assert sum((p[j] for p in per_rank), []) == batch.tolist()  # in order, nothing padded or dropped
+            sizes = [len(p[j]) for p in per_rank]
+            assert max(sizes) - min(sizes) <= 1
+
+
+TRAINER_SCRIPT = '''
+import json, sys, torch
+from torch import nn
+from probekit import distributed
+from probekit.training import Trainer, rank_batches
+
+distributed.init_from_env(torch.device("cpu"))
+torch.manual_seed(0)
+a, b = nn.Linear(4, 1), nn.Linear(4, 1)  # b is never used: its grad must stay None
+x, y = torch.randn(10, 4), torch.randn(10, 1)
+opt = torch.optim.AdamW([*b.parameters(), *a.parameters()], lr=0.1, weight_decay=0.5)
+t = Trainer({"b": b, "a": a}, opt, epochs=3, checkpoint=None, seed=1)
+# batch 3 of 10 examples: the last global batch has 1 example, so one rank's share is empty
+losses = t.fit(lambda g: rank_batches(10, 3, g), lambda idx: ((a(x[idx]) - y[idx]) ** 2).mean(), sharded=True)
+if distributed.is_main():
+    json.dump({"losses": losses, "a": a.weight.detach().tolist(), "b": b.weight.detach().tolist(),
+               "b_grad": b.weight.grad is None}, open(sys.argv[1], "w"))
+distributed.shutdown()
+'''
+
+
+def test_trainer_under_ddp_matches_one_process_with_unused_parameters_and_empty_shares(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(TRAINER_SCRIPT)
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    res = subprocess.run([sys.executable, str(script), str(one)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(two)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "find_unused_parameters" not in res.stderr  # DDP searches for unused parameters only when some are
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["b_grad"] and b["b_grad"]
+    assert a["b"] == b["b"]  # untouched by weight decay, as in one process
+    assert a["losses"] == pytest.approx(b["losses"], rel=1e-5)
+    assert a["a"][0] == pytest.approx(b["a"][0], rel=1e-5, abs=1e-7)

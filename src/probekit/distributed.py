@@ -1,20 +1,20 @@
 """Data-parallel training with torch.distributed (gloo on CPU, NCCL on GPUs).
 
 Start with ``torchrun --nproc_per_node=N -m probekit run spec.yaml`` or
-``probekit run spec.yaml --nproc N``. Every rank builds the same model and data;
-the :class:`~probekit.training.Trainer` splits each global batch across ranks,
-each rank back-propagates its share of the batch-mean loss, and gradients are
-summed across ranks with ``all_reduce`` before the optimizer step — the gradient
-averaging of DistributedDataParallel, done on the probe's own modules so that a
-probe's step function needs no wrapping. Results therefore match a single process
-with the same global batch, up to floating-point summation order. Only rank 0
-writes the run directory and the caches.
+``probekit run spec.yaml --nproc N``. Every rank builds the same model and data.
+The :class:`~probekit.training.Trainer` wraps the modules it trains in
+:class:`~torch.nn.parallel.DistributedDataParallel` (DDP); each rank reads its own
+share of every global batch (:class:`DistributedBatchSampler`), weighs its loss by
+that share, and DDP averages the gradients, so results match a single process with
+the same global batch up to floating-point summation order. The ranks compute the
+feature cache together, each writing the shards of its own rows
+(:meth:`~probekit.cache.FeatureCache.get`); only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -38,6 +38,9 @@ def rank() -> int:
     return dist.get_rank() if is_initialized() else 0
 
 
+_current_rank, _current_world_size = rank, world_size
+
+
 def is_main() -> bool:
     return rank() == 0
 
@@ -53,6 +56,99 @@ def init_from_env(device: torch.device) -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
     return True
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (any picklable object)."""
+    if not is_initialized():
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order (any picklable object)."""
+    if not is_initialized():
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+class DistributedBatchSampler(torch.utils.data.Sampler):
+    """This process's share of every global batch, as index lists.
+
+    The global batches are those of one process (``randperm(n)`` from the
+    epoch's generator, cut into ``batch_size`` pieces); rank ``r`` of ``N`` gets
+    the ``r``-th of ``N`` near-equal slices of each. Unlike
+    :class:`torch.utils.data.DistributedSampler`, nothing is padded with
+    duplicates or dropped, so ``N`` processes see exactly the examples, in the
+    same batches, that one process sees: use it as
+    ``DataLoader(dataset, batch_sampler=...)``, and weigh each rank's loss by its
+    share of the global batch (the Trainer does, with ``sharded=True``).
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator | None = None, *,
+                 rank: int | None = None, num_replicas: int | None = None):
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.rank = _current_rank() if rank is None else rank
+        self.num_replicas = _current_world_size() if num_replicas is None else num_replicas
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.tensors():
+            yield batch.tolist()
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The same shares as index tensors."""
+        order = torch.randperm(self.n, generator=self.generator) if self.generator is not None else torch.arange(self.n)
+        return [torch.tensor_split(order[i:i + self.batch_size], self.num_replicas)[self.rank]
+                for i in range(0, self.n, self.batch_size)]
+
+
+def wrap(module: torch.nn.Module, *, find_unused_parameters: bool = False) -> torch.nn.Module:
+    """``module`` in DistributedDataParallel (on its own device), or as is in one process.
+
+    With ``find_unused_parameters`` DDP leaves parameters that no rank used in a step with
+    grad None, as one process would (it costs a walk over the autograd graph every step).
+    """
+    if not is_initialized() or not any(p.requires_grad for p in module.parameters()):
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(module.parameters()).device
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused_parameters)
+
+
+def unused_parameters(module: torch.nn.Module, loss: torch.Tensor) -> list[torch.nn.Parameter]:
+    """The trainable parameters of ``module`` that the autograd graph of ``loss`` does not reach."""
+    seen, stack, reached = set(), [loss.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        variable = getattr(fn, "variable", None)  # AccumulateGrad nodes hold the leaf
+        if variable is not None:
+            reached.add(id(variable))
+        stack.extend(f for f, _ in fn.next_functions)
+    return [p for p in module.parameters() if p.requires_grad and id(p) not in reached]
+
+
+def shutdown() -> None:
+    """Leave the process group (a no-op outside one)."""
+    if is_initialized():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
@@ -87,32 +183,6 @@ def local_size(batch: Any) -> int:
         return len(batch)
     values = batch.values() if isinstance(batch, dict) else batch
     return next(len(v) for v in values if isinstance(v, torch.Tensor))
-
-
-def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
-    """Sum gradients across ranks (parameters without a gradient contribute zeros)."""
-    import torch.distributed as dist
-
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        return
-    # Which parameters got a gradient on any rank: the others keep grad None, as in one process
-    # (optimizers skip them; a zero gradient would still move Adam's moments).
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
-    dist.all_reduce(has)
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
-    offset = 0
-    for p, used in zip(params, has.tolist()):
-        n = p.grad.numel()
-        if used:
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-        else:
-            p.grad = None
-        offset += n
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:

@@ -319,7 +319,8 @@ def execute(run: Run) -> dict[str, Any]:
     from probekit.registry import create_probe
     from probekit.report import write_reports
 
-    distributed.init_from_env(run.device)
+    # a process group this run joined is left at its end (exiting with DDP's threads alive can abort)
+    owns_group = not distributed.is_initialized() and distributed.init_from_env(run.device)
     if distributed.is_main():
         run.run_dir.mkdir(parents=True, exist_ok=True)
         run.checkpoint_dir.mkdir(exist_ok=True)
@@ -383,6 +384,8 @@ def execute(run: Run) -> dict[str, Any]:
         if run._log_file is not None:
             run._log_file.close()
         run._log_file = None
+        if owns_group:
+            distributed.shutdown()
 
 
 def _install_sigterm_handler(run: Run) -> Callable[[], None]:

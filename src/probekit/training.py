@@ -144,16 +144,25 @@ class Trainer:
         ckpt.save(state, self.checkpoint)
 
     def fit(self, batches: Callable[[torch.Generator], Iterable[Any]],
-            step: Callable[[Any], torch.Tensor], *, total: int | None = None) -> list[float]:
+            step: Callable[[Any], torch.Tensor], *, total: int | None = None, sharded: bool = False
+            ) -> list[float]:
         """Train the remaining epochs; return the mean loss of every epoch.
 
         ``batches(generator)`` yields one epoch of batches, shuffled with
         ``generator`` (seeded for the epoch). ``step(batch)`` returns the loss
-        to minimise; the trainer does ``zero_grad``, ``backward`` and ``step``.
+        to minimise (the mean over the batch); the trainer does ``zero_grad``,
+        ``backward`` and ``step``.
+
+        In a distributed run the modules train under DistributedDataParallel.
+        With ``sharded=True`` each process's ``batches`` yields only its own
+        share of every global batch (see :func:`rank_batches`); otherwise every
+        process yields whole global batches and the trainer splits them (tensors,
+        or tuples/dicts of tensors, along the first dimension).
         """
         from probekit import distributed
 
         world = distributed.world_size()
+        parallel: nn.Module | None = None  # DDP over the step, made at the first step
         while self.epoch < self.epochs:
             e_seed = epoch_seed(self.seed, self.epoch, self.tag)
             torch.manual_seed(e_seed)  # dropout and other in-step randomness
@@ -175,7 +184,10 @@ class Trainer:
                     self._partial = None
                 self.optimizer.zero_grad(set_to_none=True)
                 if world > 1:
-                    value = self._distributed_step(batch, step, world)
+                    local = batch if sharded else distributed.split(batch, distributed.rank(), world)[0]
+                    if parallel is None:
+                        parallel = self._parallel(_Step(self.modules, step), local)
+                    value = self._distributed_step(parallel, local, world)
                 else:
                     with self._autocast():
                         loss = step(batch)
@@ -213,10 +225,7 @@ class Trainer:
         return list(self.losses)
 
     def _device_type(self) -> str:
-        for m in self.modules.values():
-            for p in m.parameters():
-                return p.device.type
-        return "cpu"
+        return self._device().type
 
     def _autocast(self) -> Any:
         import contextlib
@@ -233,22 +242,76 @@ class Trainer:
         else:
             loss.backward()
 
-    def _distributed_step(self, batch: Any, step: Callable[[Any], torch.Tensor], world: int) -> float:
-        """This rank's share of the batch; gradients summed across ranks give the global batch mean."""
+    def _parallel(self, module: _Step, local: Any) -> nn.Module:
+        """``module`` under DDP. One forward pass in eval mode (RNG untouched) finds out whether the step
+        leaves parameters unused; only then does DDP search the graph for them every step."""
         from probekit import distributed
 
-        local, n_global = distributed.split(batch, distributed.rank(), world)
+        unused: list[nn.Parameter] = []
+        if distributed.local_size(local):
+            training = {m: m.training for m in module.modules()}
+            module.eval()
+            with torch.random.fork_rng(devices=[self._device()] if self._device().type == "cuda" else []):
+                with torch.enable_grad(), self._autocast():
+                    unused = distributed.unused_parameters(module, module(local, 1.0))
+            for m, mode in training.items():
+                m.train(mode)
+        device = self._device()
+        ids = {id(p) for p in unused}
+        module.used = next((p for p in module.parameters() if p.requires_grad and id(p) not in ids), None)
+        n_unused = int(distributed.all_reduce_sum(torch.tensor(float(len(unused)), device=device)))
+        module.finds_unused = n_unused > 0
+        return distributed.wrap(module, find_unused_parameters=module.finds_unused)
+
+    def _distributed_step(self, parallel: nn.Module, local: Any, world: int) -> float:
+        """One step on this rank's share; weighing each rank's mean loss by its share of the global
+        batch makes DDP's gradient average the gradient of the global batch mean."""
+        from probekit import distributed
+
         n_local = distributed.local_size(local)
-        params = [p for m in self.modules.values() for p in m.parameters()]
-        if n_local:
-            with self._autocast():
-                loss = step(local) * (n_local / n_global)
-            self._backward(loss)
-            part = loss.detach()
-        else:
-            part = torch.zeros((), device=params[0].device if params else "cpu")
-        distributed.all_reduce_gradients(params)
-        return float(distributed.all_reduce_sum(part))
+        device = self._device()
+        n_global = float(distributed.all_reduce_sum(torch.tensor(float(n_local), device=device)))
+        with self._autocast():
+            loss = parallel(local if n_local else None, n_local * world / n_global)
+        self._backward(loss)
+        return float(distributed.all_reduce_sum(loss.detach().float() / world))
+
+    def _device(self) -> torch.device:
+        for m in self.modules.values():
+            for p in m.parameters():
+                return p.device
+        return torch.device("cpu")
+
+
+class _Step(nn.Module):
+    """A probe's step function as a module over the trained modules, so that DistributedDataParallel
+    registers their parameters and sees every forward (the step may call the modules in any way)."""
+
+    def __init__(self, modules: Mapping[str, nn.Module], step: Callable[[Any], torch.Tensor]):
+        super().__init__()
+        # ModuleDict keys cannot hold dots or spaces; the names only matter to the checkpoint
+        self.trained = nn.ModuleDict({str(i): m for i, m in enumerate(modules.values())})
+        self.step = step
+        self.finds_unused = False  # whether DDP searches the graph for unused parameters
+        self.used: nn.Parameter | None = None  # one parameter the step uses
+
+    def forward(self, batch: Any, weight: float) -> torch.Tensor:
+        if batch is None:  # this rank's share of a small last batch is empty: contribute zero gradients
+            params = [p for p in self.parameters() if p.requires_grad]
+            if self.finds_unused and self.used is not None:  # DDP counts the untouched ones as unused
+                params = [self.used]
+            return torch.stack([(p * 0).sum() for p in params]).sum()
+        return self.step(batch) * weight
+
+
+def rank_batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """This process's share of each global batch of :func:`batches_of` (all of it in one process).
+
+    Train with ``Trainer.fit(..., sharded=True)`` so that every process reads only its own examples.
+    """
+    from probekit.distributed import DistributedBatchSampler
+
+    return DistributedBatchSampler(n, batch_size, generator).tensors()
 
 
 def batches_of(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
