@@ -21,6 +21,7 @@ def train_classifier(run: Any, adapter: ModelAdapter) -> dict[str, float]:
     from safetensors.torch import load_file
     from safetensors.torch import save as safetensors_bytes
 
+    from probekit.batchsize import resolve_batch_size
     from probekit.checkpoint import atomic_open, write_json
     from probekit.runner import build_data
     from probekit.spec import DataSpec
@@ -39,7 +40,14 @@ def train_classifier(run: Any, adapter: ModelAdapter) -> dict[str, float]:
     weights = folder / f"{key}.safetensors"
     if weights.exists():
         adapter.model.load_state_dict(load_file(str(weights), device=str(run.device)))
-        run.log(f"model.train: loaded cached weights {weights}")
+        trained_with = ""
+        if opts.batch_size == "auto":  # the size found when the weights were trained
+            import json
+
+            record = folder / f"{key}.json"
+            size = json.loads(record.read_text()).get("train", {}).get("batch_size") if record.exists() else None
+            trained_with = f" (trained with batch_size auto: {size})"
+        run.log(f"model.train: loaded cached weights {weights}{trained_with}")
         return {}
 
     model = adapter.model
@@ -62,6 +70,10 @@ def train_classifier(run: Any, adapter: ModelAdapter) -> dict[str, float]:
 
     trainer = Trainer({"model": model}, opt, epochs=opts.epochs, seed=run.seed, tag="model.train",
                       checkpoint=run.checkpoint_dir / "model-train.pt", progress=run.progress, log=run.debug)
+    # batch_size auto: the largest batch that fits, searched once and kept in checkpoints/ for --resume
+    opts = opts.model_copy(update={"batch_size": resolve_batch_size(
+        run, "model.train", opts.batch_size, lambda b: step(torch.arange(b)), modules=[model],
+        maximum=len(images))})
     n_batches = (len(images) + opts.batch_size - 1) // opts.batch_size
     losses = trainer.fit(lambda g: batches_of(len(images), opts.batch_size, g), step, total=n_batches)
     model.eval()

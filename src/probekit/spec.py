@@ -22,7 +22,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from pydantic.functional_validators import AfterValidator
+from pydantic.functional_validators import AfterValidator, BeforeValidator
 
 from probekit.errors import SpecError, did_you_mean
 
@@ -43,10 +43,25 @@ def _existing_path(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
+def _batch_size(value: Any) -> Any:
+    if value == "auto":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be a positive integer or 'auto', got {value!r}")
+    return value
+
+
 #: A path in a spec, resolved relative to the spec file's folder.
 SpecPath = Annotated[Path, AfterValidator(_resolve_path)]
 #: Like :data:`SpecPath`, and the file or folder must exist.
 ExistingPath = Annotated[Path, AfterValidator(_existing_path)]
+#: A training batch size: a positive number, or ``"auto"`` for the largest that fits in memory
+#: (found once per run and kept for ``--resume``; see :mod:`probekit.batchsize`).
+BatchSize = Annotated[Annotated[int, Field(ge=1)] | Literal["auto"], BeforeValidator(_batch_size)]
+#: Description of :data:`BatchSize` options in the schema.
+BATCH_SIZE_HELP = "Training batch size, or 'auto': the largest that fits in memory (kept for --resume)."
 
 
 class Options(BaseModel):
@@ -74,7 +89,7 @@ class TrainSpec(BaseModel):
     data: dict[str, Any] | None = Field(None, description="A data section; default: the run's `data`.")
     epochs: int = Field(5, ge=1)
     lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
+    batch_size: BatchSize = Field(64, description=BATCH_SIZE_HELP)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
 

@@ -172,3 +172,22 @@ def test_detr_plugin_end_to_end(tmp_path):
     results = probekit.run(spec, tmp_path / "run")
     assert "backbone" in results["mse"] and all(math.isfinite(v) for v in results["mse"].values())
     assert (tmp_path / "run" / "figures" / "reconstructions.png").exists()
+
+
+def test_batch_size_auto_per_module_is_kept_for_resume(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr("probekit.batchsize.available_memory", lambda: 2**20)  # 1 MiB: batches < 160
+    spec = cnn_spec(layers=["2", "9"], epochs=1, batch_size="auto")
+    probekit.run(spec, tmp_path / "r")
+    records = {r["tag"]: r for r in (json.loads(p.read_text())
+                                     for p in (tmp_path / "r" / "checkpoints").glob("batch-size-*"))}
+    assert set(records) == {"inverse 2->input", "inverse 9->2"}
+    near_input = records["inverse 2->input"]["batch_size"]
+    assert 1 < near_input < 160
+    log = (tmp_path / "r" / "log.txt").read_text()
+    assert f"batch_size auto (inverse 2->input): {near_input} (fits 80% of 1 MiB" in log
+    monkeypatch.setattr("probekit.batchsize.available_memory", lambda: 1)
+    probekit.run(spec, tmp_path / "r", resume=True)
+    log = (tmp_path / "r" / "log.txt").read_text()
+    assert f"batch_size auto (inverse 2->input): {near_input}, as chosen before" in log

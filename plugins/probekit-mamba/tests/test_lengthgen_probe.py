@@ -165,3 +165,21 @@ def test_bad_images_are_clear_errors(tmp_path):
         execute(prepare(load_spec(spec), tmp_path / "a"))
     with pytest.raises(RunError, match="smaller than patch_size"):
         execute(prepare(load_spec(tiny_spec(patch_size=9)), tmp_path / "b"))
+
+
+def test_batch_size_auto_one_size_for_all_variants(tmp_path, monkeypatch):
+    monkeypatch.setattr("probekit.batchsize.available_memory", lambda: 2**20)  # 1 MiB: a batch < n
+    spec = tiny_spec(batch_size="auto", steps_per_epoch=None, epochs=1, eval_lengths=[4], prefix_lengths=[4])
+    spec["data"]["limit"] = 300
+    run = prepare(load_spec(spec), tmp_path / "r")
+    assert run.probe is None
+    execute(run)
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "r" / "checkpoints").glob("batch-size-*")]
+    assert record["tag"] == "length-generalization"  # the variants see identical batches
+    size = record["batch_size"]
+    assert 1 < size < 300
+    log = (tmp_path / "r" / "log.txt").read_text()
+    assert f"batch_size auto (length-generalization): {size} (fits 80% of 1 MiB" in log
+    assert run.probe._steps(300, size) == 300 // size
+    dry = run.probe.dry_run(run)
+    assert dry["steps_per_epoch"] == "training images // the batch size found"

@@ -252,3 +252,19 @@ def test_example_reproduces_the_finding(tmp_path: Path) -> None:
         assert t["accuracy_drop"] > 0.03
         assert t["mse_at_lambda_max"] < 0.9 * t["mse_at_lambda_min"]
     assert large["accuracy_drop"] < small["accuracy_drop"]
+
+
+def test_batch_size_auto_is_searched_once_per_model_and_matches_that_number(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("probekit.batchsize.available_memory", lambda: 2**18)  # 0.25 MiB: a batch < n
+    spec = _spec(latents=[2], epochs=1, batch_size="auto", baselines=[])
+    spec["data"]["limit"] = 400
+    _run(spec, tmp_path / "auto")
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "auto" / "checkpoints").glob("batch-size-*")]
+    assert record["tag"] == "tradeoff fc-small L2"  # one size for both lambdas: a paired comparison
+    size = record["batch_size"]
+    assert 1 < size < 400
+    assert f"batch_size auto (tradeoff fc-small L2): {size} (fits 80% of 0.25 MiB" in (
+        tmp_path / "auto" / "log.txt").read_text()
+    spec["probe"]["batch_size"] = size
+    _run(spec, tmp_path / "number")
+    assert _rows(tmp_path / "auto" / "results.csv") == _rows(tmp_path / "number" / "results.csv")

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probekit.batchsize import resolve_batch_size
 from probekit.probe import Probe
 from probekit.training import Trainer
 
@@ -38,6 +39,7 @@ class LinearProbe(Probe):
                  weight_decay: float = 1e-4, pool: str = "auto", max_features: int = 8192):
         self.layer_names = layers
         self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
+        self.batch_option = batch_size  # an int or "auto"; self.batch_size: the current layer's
         self.weight_decay, self.pool, self.max_features = weight_decay, pool, max_features
         self.classifiers: dict[str, nn.Linear] = {}
         self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -74,6 +76,12 @@ class LinearProbe(Probe):
             torch.manual_seed(run.seed)
             clf = nn.Linear(x.shape[1], num_classes).to(run.device)
             opt = torch.optim.Adam(clf.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            # batch_size auto: the largest batch that fits, searched once per layer, kept for --resume
+            self.batch_size = resolve_batch_size(
+                run, f"linear {name}", self.batch_option,
+                lambda b, clf=clf, x=x, y=y: F.cross_entropy(clf(x[torch.arange(b, device=x.device)]),
+                                                             y[torch.arange(b, device=y.device)]),
+                modules=[clf], maximum=len(x))
             safe = name.replace("/", "_")
             trainer = Trainer({"linear": clf}, opt, epochs=self.epochs, seed=run.seed, tag=f"linear {name}",
                               checkpoint=run.checkpoint_dir / f"linear-{safe}.pt", progress=run.progress,

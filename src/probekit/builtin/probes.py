@@ -7,14 +7,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from probekit.hookspecs import hookimpl
-from probekit.spec import Options
+from probekit.spec import BATCH_SIZE_HELP, BatchSize, Options
 
 
 class LinearProbeOptions(Options):
     layers: list[str] | Literal["all"] = Field(..., description="Layer names to probe, or 'all'.")
     epochs: int = Field(30, ge=1, description="Training epochs of each linear classifier.")
     lr: float = Field(1e-2, gt=0)
-    batch_size: int = Field(256, ge=1)
+    batch_size: BatchSize = Field(256, description=BATCH_SIZE_HELP)
     weight_decay: float = Field(1e-4, ge=0)
     pool: Literal["auto", "flatten", "mean", "cls"] = Field(
         "auto", description="How states become vectors: flatten; mean over tokens / spatial positions; the "

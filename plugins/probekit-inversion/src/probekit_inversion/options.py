@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from probekit.spec import Options
+from probekit.spec import BATCH_SIZE_HELP, BatchSize, Options
 
 
 class ArchitectureOptions(Options):
@@ -90,7 +90,7 @@ class InversionOptions(Options):
         "trained module k+1 (reduces chain drift).",
     )
     epochs: int = Field(10, ge=1, description="Epochs per inverse module (per chain in end-to-end mode).")
-    batch_size: int = Field(64, ge=1)
+    batch_size: BatchSize = Field(64, description=BATCH_SIZE_HELP)
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(0.0, ge=0)
     analyses: list[Literal["correlation", "colour"]] = Field(

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probekit.batchsize import resolve_batch_size
 from probekit.errors import SpecError
 from probekit.probe import Probe
 from probekit.training import Trainer, epoch_seed
@@ -88,6 +89,7 @@ class InversionProbe(Probe):
         self.mode = mode
         self.target = target
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
+        self.batch_option = batch_size  # an int or "auto"; self.batch_size: the current module's
         self.analyses = list(analyses)
         self.architecture = dict(architecture or {})
         from probekit_inversion.options import ColourOptions
@@ -198,7 +200,7 @@ class InversionProbe(Probe):
         names = self.names
         run.log(
             f"inversion: {self.mode} training of inverse modules for {', '.join(names)} "
-            f"({self.epochs} epochs, batch {self.batch_size})"
+            f"({self.epochs} epochs, batch {self.batch_option})"
         )
         feats = run.features(names, "train", include_input=True)
         if self.mode == "modular":
@@ -242,7 +244,6 @@ class InversionProbe(Probe):
             self.target_var[target.name] = var
             src_feats = feats if predicted is None else predicted
             src_key = source.name if predicted is None else "predicted"
-            n_batches = math.ceil(len(feats) / self.batch_size)
 
             def batches(
                 g: torch.Generator, src_feats: Any = src_feats, src_key: str = src_key, tgt: str = target.name
@@ -258,6 +259,13 @@ class InversionProbe(Probe):
                 x, y = batch[0].to(device), batch[1].to(device)
                 return F.mse_loss(module(x), y) / var
 
+            # batch_size auto: the largest batch that fits, searched once per module, kept for --resume
+            self.batch_size = resolve_batch_size(
+                run, tag, self.batch_option,
+                lambda b, f=src_feats, k=src_key, t=target.name: step(  # the first b examples
+                    (f.batch(torch.arange(b), names=[k])[k], feats.batch(torch.arange(b), names=[t])[t])),
+                modules=[module], maximum=len(feats))
+            n_batches = math.ceil(len(feats) / self.batch_size)
             trainer = self._trainer(
                 run, {"inverse": module}, tag, f"inverse-{i:02d}-{safe_name(source.name)}.pt"
             )
@@ -307,7 +315,6 @@ class InversionProbe(Probe):
                 steps.append(m)
             chain = InverseChain(steps).to(device)
             tag = f"end-to-end {name}->input"
-            n_batches = math.ceil(len(feats) / self.batch_size)
 
             def step(
                 batch: dict[str, torch.Tensor],
@@ -318,6 +325,11 @@ class InversionProbe(Probe):
                 x, y = batch[name].to(device), batch["input"].to(device)
                 return F.mse_loss(chain.reconstruct(x, depth), y) / var
 
+            self.batch_size = resolve_batch_size(  # batch_size auto: see _fit_modular
+                run, tag, self.batch_option,
+                lambda b, name=name: step(feats.batch(torch.arange(b), names=[name, "input"])),
+                modules=[chain], maximum=len(feats))
+            n_batches = math.ceil(len(feats) / self.batch_size)
             trainer = self._trainer(run, {"chain": chain}, tag, f"e2e-{depth:02d}-{safe_name(name)}.pt")
             self.train_losses[name] = trainer.fit(
                 lambda g, name=name: feats.batches(self.batch_size, g, names=[name, "input"]),

@@ -82,13 +82,15 @@ class LengthGeneralizationProbe(Probe):
                                      heads=o.transformer_heads, backend=o.backend)
         return model.to(run.device)
 
-    def _steps(self, n_images: int) -> int:
-        return self.options.steps_per_epoch or max(1, n_images // self.options.batch_size)
+    def _steps(self, n_images: int, batch_size: int) -> int:
+        return self.options.steps_per_epoch or max(1, n_images // batch_size)
 
     def dry_run(self, run: Any) -> dict[str, Any]:
         o = self.options
         n = len(run.data.train) if run.data is not None else 0
-        return {"variants": list(o.variants), "epochs": o.epochs, "steps_per_epoch": self._steps(n),
+        steps: int | str = (self._steps(n, o.batch_size) if isinstance(o.batch_size, int)
+                             else o.steps_per_epoch or "training images // the batch size found")
+        return {"variants": list(o.variants), "epochs": o.epochs, "steps_per_epoch": steps,
                 "train_lengths": list(o.train_lengths), "eval_lengths": o.resolved_eval_lengths(),
                 "prefix_lengths": o.resolved_prefix_lengths()}
 
@@ -116,8 +118,9 @@ class LengthGeneralizationProbe(Probe):
         images = self.images(run, "train")
         n, channels, side, _ = images.shape
         a, b = o.train_lengths
-        p, q, bs = o.patch_size, o.queries, o.batch_size
-        steps = self._steps(n)
+        p, q = o.patch_size, o.queries
+        bs = self._batch_size(run, images)
+        steps = self._steps(n, bs)
         device = run.device
 
         def batches(g: torch.Generator) -> Any:
@@ -151,6 +154,31 @@ class LengthGeneralizationProbe(Probe):
                     f"final loss {self.losses[variant][-1]:.5f}")
             model.eval()
             self.models[variant] = model
+
+    def _batch_size(self, run: Any, images: torch.Tensor) -> int:
+        """``batch_size``, or with ``auto`` the largest batch at which every variant trains at the longest
+        training length (one size for all variants: they see identical batches); kept for --resume."""
+        from probekit.batchsize import resolve_batch_size
+
+        o = self.options
+        if o.batch_size != "auto":
+            return o.batch_size
+        n, channels, side, _ = images.shape
+        p, longest, device = o.patch_size, o.train_lengths[1], run.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            models = [self._build(run, variant, channels) for variant in o.variants]
+
+        def loss(model: SequenceModel) -> Any:
+            def on_first(b: int) -> torch.Tensor:  # the step of _fit on the first b images
+                g = torch.Generator().manual_seed(0)
+                ctx, qry = sample_positions(b, longest, side, p, g), sample_positions(b, o.queries, side, p, g)
+                imgs = images[:b]
+                pred = model(extract_patches(imgs, ctx, p).to(device), centres(ctx, p, side).to(device),
+                             centres(qry, p, side).to(device))
+                return patch_mse(pred, extract_patches(imgs, qry, p).to(device))
+            return on_first
+
+        return resolve_batch_size(run, TRAIN_TAG, "auto", [loss(m) for m in models], modules=models, maximum=n)
 
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from probekit.spec import Options
+from probekit.spec import BATCH_SIZE_HELP, BatchSize, Options
 
 Variant = Literal["mamba", "mamba-length-adaptive", "transformer"]
 
@@ -39,7 +39,7 @@ class LengthGenOptions(Options):
     epochs: int = Field(5, ge=1)
     steps_per_epoch: int | None = Field(
         None, ge=1, description="Batches per epoch (default: training images // batch_size).")
-    batch_size: int = Field(64, ge=1)
+    batch_size: BatchSize = Field(64, description=BATCH_SIZE_HELP)
     lr: float = Field(3e-4, gt=0, description="Adam learning rate (the study used Lamb, not in torch).")
     weight_decay: float = Field(0.0, ge=0)
     eval_images: int = Field(256, ge=1, description="Test images evaluated at every length.")

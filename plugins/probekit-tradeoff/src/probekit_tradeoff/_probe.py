@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from probekit import checkpoint as ckpt
+from probekit.batchsize import resolve_batch_size
 from probekit.errors import RunError, SpecError
 from probekit.probe import Probe
 from probekit.training import Trainer, batches_of, epoch_seed
@@ -64,6 +65,7 @@ class TradeoffProbe(Probe):
         self.latents = list(latents or [2, 4, 16, 64])
         self.lambdas = [float(x) for x in (lambdas if lambdas is not None else DEFAULT_LAMBDAS)]
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+        self.batch_option = batch_size  # an int or "auto"; self.batch_size: the current point's
         self.latent_activation = latent_activation
         self.baseline_kinds = list(baselines if baselines is not None else ["pca", "random"])
         self.baseline_iters = baseline_iters
@@ -106,7 +108,7 @@ class TradeoffProbe(Probe):
         points = self.points()
         run.log(
             f"tradeoff: {len(points)} sweep points ({', '.join(self.families)}; L = {self.latents}; "
-            f"lambda = {self.lambdas}), {self.epochs} epochs each, batch {self.batch_size}"
+            f"lambda = {self.lambdas}), {self.epochs} epochs each, batch {self.batch_option}"
         )
         self.rows = []
         for i, (family, latent, lam) in enumerate(points):
@@ -205,6 +207,11 @@ class TradeoffProbe(Probe):
             target = train.images[idx] * 2 - 1
             return routed_losses(model, inputs(idx), target, train.labels[idx], lam, encode=encode).loss
 
+        # batch_size auto: the largest batch that fits, searched once per (family, latent) (every lambda
+        # then trains with the same size) and kept in checkpoints/ for --resume
+        self.batch_size = resolve_batch_size(run, f"tradeoff {family} L{latent}", self.batch_option,
+                                             lambda b: step(torch.arange(b)), modules=modules.values(),
+                                             maximum=n)
         losses = trainer.fit(
             lambda g: batches_of(n, self.batch_size, g), step, total=math.ceil(n / self.batch_size)
         )
@@ -231,7 +238,7 @@ class TradeoffProbe(Probe):
             "latent": latent,
             "lambda": lam,
             "epochs": self.epochs,
-            "batch_size": self.batch_size,
+            "batch_size": self.batch_option,
             "lr": self.lr,
             "latent_activation": self.latent_activation,
             "encoder": None

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from probekit.spec import Options
+from probekit.spec import BATCH_SIZE_HELP, BatchSize, Options
 
 #: Model families of the study, each an encoder / mirrored decoder / classifier around one latent.
 FAMILIES: tuple[str, ...] = ("fc-small", "fc-medium", "fc-large", "cnn-small", "cnn-large", "vit-tiny")
@@ -83,7 +83,7 @@ class TradeoffOptions(Options):
         description="Weights of the reconstruction loss in lambda * MSE + (1 - lambda) * CE, each in [0, 1].",
     )
     epochs: int = Field(10, ge=1, description="Training epochs per sweep point (the study: 10).")
-    batch_size: int = Field(512, ge=1, description="Batch size (the study: 512).")
+    batch_size: BatchSize = Field(512, description=f"{BATCH_SIZE_HELP} The study: 512.")
     lr: float = Field(
         1e-3, gt=0, description="Adam learning rate for encoder, decoder and classifier (the study: 1e-3)."
     )
