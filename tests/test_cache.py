@@ -1,5 +1,6 @@
 import multiprocessing as mp
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +118,65 @@ def test_failed_compute_leaves_no_entry(tmp_path):
     assert not fc.has("k")
     assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
     shutil.rmtree(tmp_path)
+
+
+PARALLEL_SCRIPT = '''
+import json, sys
+import numpy as np, torch
+from probekit import cache as cache_mod, distributed
+from probekit.cache import FeatureCache
+
+distributed.init_from_env(torch.device("cpu"))
+cache_mod.SHARD_BYTES = 200  # several shards per rank
+data = np.arange(53 * 6, dtype=np.float32).reshape(53, 2, 3) / 7
+asked = []
+
+def compute(names, rows=None):
+    rows = range(len(data)) if rows is None else rows
+    asked.append([rows.start, rows.stop])
+    for i in range(rows.start, rows.stop, 5):
+        j = min(i + 5, rows.stop)
+        yield {"a": torch.from_numpy(data[i:j]), "labels": torch.arange(i, j)}
+
+arrays = FeatureCache(sys.argv[1]).get({"a": "ka", "labels": "kl"}, compute, length=len(data))
+ok = np.array_equal(arrays["a"].rows(np.arange(53)[::-1]), data[::-1]) and arrays["labels"].rows(
+    np.arange(53)).tolist() == list(range(53))
+with open(f"{sys.argv[2]}-{distributed.rank()}.json", "w") as f:
+    json.dump({"rank": distributed.rank(), "asked": asked, "ok": bool(ok)}, f)
+distributed.shutdown()
+'''
+
+
+def _torchrun(script, root, nproc=2):
+    import json
+    import subprocess
+    import sys
+
+    out = script.parent / "out"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                          str(script), str(root), str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return [json.loads(Path(f"{out}-{r}.json").read_text()) for r in range(nproc)]
+
+
+def test_ranks_write_the_shards_of_their_own_rows(tmp_path):
+    script = tmp_path / "par.py"
+    script.write_text(PARALLEL_SCRIPT)
+    out = _torchrun(script, str(tmp_path / "c"))
+    assert [r["asked"] for r in out] == [[[0, 26]], [[26, 53]]]  # each rank computed its own half
+    assert all(r["ok"] for r in out)  # and every rank reads all rows back
+    import json
+
+    manifest = json.loads((tmp_path / "c" / "ka" / "manifest.json").read_text())
+    files = [s["file"] for s in manifest["shards"]]
+    assert files[0].startswith("r0000-") and files[-1].startswith("r0001-") and len(files) > 4
+    assert manifest["length"] == 53 and not list((tmp_path / "c").glob(".*parts"))
+    # the entry is an ordinary cache entry: one process reads it without computing
+    arr = FeatureCache(tmp_path / "c").get({"a": "ka"}, lambda names: iter(()))["a"]
+    assert np.array_equal(arr.rows(range(53)), np.arange(53 * 6, dtype=np.float32).reshape(53, 2, 3) / 7)
+    # a second distributed run computes nothing; a damaged shard is rebuilt by both ranks
+    assert [r["asked"] for r in _torchrun(script, str(tmp_path / "c"))] == [[], []]
+    shard = tmp_path / "c" / "ka" / files[-1]
+    shard.write_bytes(b"\0" * shard.stat().st_size)
+    out = _torchrun(script, str(tmp_path / "c"))
+    assert [r["asked"] for r in out] == [[[0, 26]], [[26, 53]]] and all(r["ok"] for r in out)

@@ -6,7 +6,9 @@ Reads copy the requested rows out and drop the mapped pages again, so memory
 stays flat however large the cache grows. A layer is written into a temporary
 folder and renamed into place when complete, under a file lock, so runs that
 share a cache never see half-written data; each shard's SHA-256 is kept in the
-manifest and checked on first open (a damaged entry is rebuilt).
+manifest and checked on first open (a damaged entry is rebuilt). In a distributed
+run the ranks compute an entry together: each writes the shards of its own rows,
+and rank 0 joins their manifests and renames the entry into place.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class CachedArray:
         self.rows_per_shard: int = manifest["rows_per_shard"]
         self.length: int = manifest["length"]
         self._shards: list[dict[str, Any]] = manifest["shards"]
+        # first row of every shard (shards written by several ranks differ in size)
+        self._starts = np.cumsum([0] + [s["rows"] for s in self._shards])
         self._row_bytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
         self._maps: dict[int, tuple[Any, mmap.mmap]] = {}
         if verify:
@@ -88,16 +92,15 @@ class CachedArray:
             raise IndexError(f"index out of range for a cache of {self.length} rows")
         out = np.empty((idx.size, *self.shape), dtype=self.dtype)
         flat = out.reshape(idx.size, -1).view(np.uint8)
-        shards = idx // self.rows_per_shard
+        shards = np.searchsorted(self._starts, idx, side="right") - 1
         rb = self._row_bytes
         for shard in np.unique(shards):
             mm = self._map(int(shard))
             where = np.nonzero(shards == shard)[0]
-            local = idx[where] - shard * self.rows_per_shard
-            buf = np.frombuffer(mm, dtype=np.uint8)
-            for j, r in zip(where.tolist(), local.tolist()):
-                flat[j] = buf[r * rb:(r + 1) * rb]
-            del buf
+            local = idx[where] - self._starts[shard]
+            table = np.frombuffer(mm, dtype=np.uint8).reshape(-1, rb)
+            flat[where] = table[local]  # one gather per shard
+            del table
             # Drop the pages we touched from this process's resident set: the OS page cache
             # still holds them, but RSS stays flat however large the cache is.
             mm.madvise(mmap.MADV_DONTNEED)
@@ -140,8 +143,9 @@ def _sha256(path: Path) -> str:
 class _Writer:
     """Appends batches of rows to shards in a temporary folder."""
 
-    def __init__(self, folder: Path, dtype: str):
+    def __init__(self, folder: Path, dtype: str, prefix: str = ""):
         self.folder = folder
+        self.prefix = prefix
         self.dtype_name = dtype
         self.dtype = np.dtype(_DTYPES[dtype])
         self.shape: tuple[int, ...] | None = None
@@ -153,7 +157,7 @@ class _Writer:
         self.length = 0
 
     def _open_shard(self) -> None:
-        name = f"shard-{len(self.shards):05d}.bin"
+        name = f"{self.prefix}shard-{len(self.shards):05d}.bin"
         self._file = open(self.folder / name, "wb")  # noqa: SIM115
         self._hash = hashlib.sha256()
         self.shards.append({"file": name, "rows": 0, "sha256": ""})
@@ -189,9 +193,9 @@ class _Writer:
             self.length += take
             start += take
 
-    def finish(self, extra: Mapping[str, Any]) -> None:
+    def finish(self, extra: Mapping[str, Any], name: str = "manifest.json") -> None:
         self._close_shard()
-        write_json(self.folder / "manifest.json", {
+        write_json(self.folder / name, {
             "shape": list(self.shape or ()), "dtype": self.dtype_name, "rows_per_shard": self.rows_per_shard,
             "length": self.length, "shards": self.shards, **extra})
 
@@ -212,23 +216,28 @@ class FeatureCache:
     def open(self, key: str) -> CachedArray:
         return CachedArray(self.path(key))
 
-    def get(self, keys: Mapping[str, str], compute: Callable[[Sequence[str]], Iterator[Mapping[str, Any]]],
-            *, dtype: str = "float32", info: Mapping[str, Any] | None = None) -> dict[str, CachedArray]:
+    def get(self, keys: Mapping[str, str], compute: Callable[..., Iterator[Mapping[str, Any]]],
+            *, dtype: str = "float32", info: Mapping[str, Any] | None = None,
+            length: int | None = None) -> dict[str, CachedArray]:
         """Cached arrays for ``keys`` (name -> cache key), computing the missing ones in one pass.
 
         ``compute(names)`` yields batches as ``{name: array or tensor}`` for the
-        requested names, in dataset order.
+        requested names, in dataset order. Given the number of rows ``length``, a
+        distributed run computes the entries on all ranks together: every rank
+        calls ``compute(names, rows)`` for its own ``range`` of rows and writes
+        those shards (all ranks must call ``get``).
         """
+        from probekit import distributed
+
+        if length is not None and distributed.world_size() > 1:
+            return self._get_together(keys, compute, dtype, info or {}, length)
         result: dict[str, CachedArray] = {}
         missing = []
         for name, key in keys.items():
-            try:
-                if self.has(key):
-                    result[name] = self.open(key)
-                    continue
-            except (CorruptCacheError, json.JSONDecodeError, KeyError, OSError):
-                shutil.rmtree(self.path(key), ignore_errors=True)
-            missing.append(name)
+            if (array := self._open_or_drop(key)) is not None:
+                result[name] = array
+            else:
+                missing.append(name)
         if not missing:
             return result
         locks = [FileLock(str(self.root / f"{keys[n]}.lock")) for n in sorted(missing, key=lambda n: keys[n])]
@@ -244,6 +253,96 @@ class FeatureCache:
             for lock in reversed(locks):
                 lock.release()
         return result
+
+    def _open_or_drop(self, key: str) -> CachedArray | None:
+        """The entry, or None when it is missing or damaged (a damaged one is deleted)."""
+        try:
+            if self.has(key):
+                return self.open(key)
+        except (CorruptCacheError, json.JSONDecodeError, KeyError, OSError):
+            shutil.rmtree(self.path(key), ignore_errors=True)
+        return None
+
+    def _get_together(self, keys: Mapping[str, str], compute: Callable[..., Iterator[Mapping[str, Any]]],
+                      dtype: str, info: Mapping[str, Any], length: int) -> dict[str, CachedArray]:
+        """:meth:`get` on all ranks of a process group, each computing and writing its share of rows."""
+        from probekit import distributed
+
+        rank, world = distributed.rank(), distributed.world_size()
+        locks: list[FileLock] = []
+        plan: tuple[list[str], str] = ([], "")
+        result: dict[str, CachedArray] = {}
+        if rank == 0:  # rank 0 decides, and holds the locks against other runs sharing the cache
+            for n, k in keys.items():
+                if (array := self._open_or_drop(k)) is not None:
+                    result[n] = array
+            missing = [n for n in keys if n not in result]
+            locks = [FileLock(str(self.root / f"{keys[n]}.lock")) for n in sorted(missing, key=lambda n: keys[n])]
+            for lock in locks:
+                lock.acquire()
+            still = [n for n in missing if not self.has(keys[n])]
+            plan = (still, f".{uuid.uuid4().hex[:12]}.parts" if still else "")
+        try:
+            still, tmp_name = distributed.broadcast(plan)
+            if still:
+                tmp = self.root / tmp_name
+                start, stop = (length * rank) // world, (length * (rank + 1)) // world
+                error = self._write_part(tmp, still, compute, range(start, stop), rank, dtype)
+                errors = [e for e in distributed.all_gather(error) if e]
+                if errors:
+                    if rank == 0:
+                        shutil.rmtree(tmp, ignore_errors=True)
+                    raise RuntimeError(f"computing the feature cache failed on a rank: {errors[0]}")
+                if rank == 0:
+                    try:
+                        for n in still:
+                            self._join_parts(tmp / n, world, {"key": keys[n], "layer": n, **info}, self.path(keys[n]))
+                    finally:
+                        shutil.rmtree(tmp, ignore_errors=True)
+            distributed.barrier()
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+        return {n: result[n] if n in result else self.open(k) for n, k in keys.items()}
+
+    def _write_part(self, tmp: Path, names: Sequence[str], compute: Callable[..., Iterator[Mapping[str, Any]]],
+                    rows: range, rank: int, dtype: str) -> str | None:
+        """Write this rank's rows of every entry as shards ``r<rank>-shard-*.bin``; an error's text or None."""
+        try:
+            writers = {}
+            for n in names:
+                (tmp / n).mkdir(parents=True, exist_ok=True)
+                writers[n] = _Writer(tmp / n, "int64" if n == "labels" else dtype, prefix=f"r{rank:04d}-")
+            if len(rows):
+                for batch in compute(list(names), rows):
+                    for n in names:
+                        value = batch[n]
+                        if isinstance(value, torch.Tensor):
+                            value = value.detach().cpu().numpy()
+                        writers[n].append(value)
+            for n, w in writers.items():
+                if w.length != len(rows):
+                    raise RuntimeError(f"compute gave {w.length} rows of '{n}' for the {len(rows)} rows asked")
+                w.finish({}, name=f"part-{rank:04d}.json")
+            return None
+        except Exception as exc:  # reported to every rank, so that none waits forever
+            return f"{type(exc).__name__}: {exc}"
+
+    def _join_parts(self, folder: Path, parts: int, extra: Mapping[str, Any], final: Path) -> None:
+        """One manifest over the parts' shards, in rank order; then the entry is renamed into place."""
+        manifests = [json.loads((folder / f"part-{r:04d}.json").read_text()) for r in range(parts)]
+        written = [m for m in manifests if m["length"]]
+        shapes = {tuple(m["shape"]) for m in written}
+        if len(shapes) > 1:
+            raise ValueError(f"ranks computed rows of different shapes for one cache entry: {sorted(shapes)}")
+        first = written[0] if written else manifests[0]
+        write_json(folder / "manifest.json", {
+            "shape": first["shape"], "dtype": first["dtype"], "rows_per_shard": first["rows_per_shard"],
+            "length": sum(m["length"] for m in manifests), "shards": [s for m in written for s in m["shards"]],
+            **extra})
+        if final.exists():  # written by another process meanwhile
+            return
+        os.replace(folder, final)
 
     def _write(self, keys: Mapping[str, str], compute: Callable[[Sequence[str]], Iterator[Mapping[str, Any]]],
                dtype: str, info: Mapping[str, Any]) -> None:
