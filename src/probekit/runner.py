@@ -140,6 +140,8 @@ class Run:
         ``transform_id`` that changes whenever its result would. ``model`` reads
         another adapter than the run's own (e.g. one a probe builds itself).
         """
+        from probekit import distributed
+
         model = model if model is not None else self.model
         if model is None or self.data is None:
             raise RuntimeError("run.features needs a model adapter and a data section")
@@ -150,11 +152,13 @@ class Run:
         names = list(layers) + (["input"] if include_input else []) + ["labels"]
         keys = {n: cache_key(layer=n, **(base if n in layers else {**base, "transform": ""})) for n in names}
 
-        def compute(wanted: Sequence[str]) -> Iterable[dict[str, Any]]:
+        def compute(wanted: Sequence[str], rows: range | None = None) -> Iterable[dict[str, Any]]:
             real = [n for n in wanted if n not in ("input", "labels")]
             model.model.eval()
-            loader = self.loader(dataset)
-            self.log(f"feature cache: computing {', '.join(wanted)} for {len(dataset)} {split} examples")
+            part = dataset if rows is None else torch.utils.data.Subset(dataset, rows)
+            loader = self.loader(part)
+            self.log(f"feature cache: computing {', '.join(wanted)} for {len(dataset)} {split} examples"
+                     + (f" ({distributed.world_size()} processes)" if rows is not None else ""))
             from probekit.training import StopRequested, stop_requested
 
             with torch.no_grad():
@@ -173,15 +177,9 @@ class Run:
                         out["input"] = inputs
                     yield out
 
-        from probekit import distributed
-
         cache = FeatureCache(self.cache_dir / "features")
-        if distributed.is_main():  # rank 0 computes the entries, the other ranks then read them
-            arrays = cache.get(keys, compute, dtype=dtype, info={"split": split})
-        distributed.barrier()
-        if not distributed.is_main():
-            arrays = cache.get(keys, compute, dtype=dtype, info={"split": split})
-        return FeatureSet(arrays)
+        # in a distributed run every rank computes and writes its share of the rows
+        return FeatureSet(cache.get(keys, compute, dtype=dtype, info={"split": split}, length=len(dataset)))
 
     def data_fingerprint(self) -> dict[str, Any]:
         """What identifies the run's data (source, options, limits, seed): part of cache keys."""
