@@ -25,7 +25,7 @@ def train_classifier(run: Any, adapter: ModelAdapter) -> dict[str, float]:
     from probekit.checkpoint import atomic_open, write_json
     from probekit.runner import build_data
     from probekit.spec import DataSpec
-    from probekit.training import Trainer, batches_of
+    from probekit.training import Trainer, rank_batches
 
     opts = run.spec.model.train
     if opts.data is not None:
@@ -75,7 +75,8 @@ def train_classifier(run: Any, adapter: ModelAdapter) -> dict[str, float]:
         run, "model.train", opts.batch_size, lambda b: step(torch.arange(b)), modules=[model],
         maximum=len(images))})
     n_batches = (len(images) + opts.batch_size - 1) // opts.batch_size
-    losses = trainer.fit(lambda g: batches_of(len(images), opts.batch_size, g), step, total=n_batches)
+    losses = trainer.fit(lambda g: rank_batches(len(images), opts.batch_size, g), step, total=n_batches,
+                         sharded=True)
     model.eval()
     accuracy = _accuracy(adapter, bundle.test, run)
     run.log(f"model.train: test accuracy {accuracy:.4f}")

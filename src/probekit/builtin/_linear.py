@@ -86,12 +86,13 @@ class LinearProbe(Probe):
             trainer = Trainer({"linear": clf}, opt, epochs=self.epochs, seed=run.seed, tag=f"linear {name}",
                               checkpoint=run.checkpoint_dir / f"linear-{safe}.pt", progress=run.progress,
                               log=run.debug)
-            from probekit.training import batches_of
+            from probekit.training import rank_batches
 
             n = len(x)
             self.train_losses[name] = trainer.fit(
-                lambda g, n=n: batches_of(n, self.batch_size, g),
-                lambda idx, clf=clf, x=x, y=y: F.cross_entropy(clf(x[idx.to(x.device)]), y[idx.to(y.device)]))
+                lambda g, n=n: rank_batches(n, self.batch_size, g),
+                lambda idx, clf=clf, x=x, y=y: F.cross_entropy(clf(x[idx.to(x.device)]), y[idx.to(y.device)]),
+                sharded=True)
             self.classifiers[name] = clf
 
     def evaluate(self, run: Any) -> dict[str, Any]:

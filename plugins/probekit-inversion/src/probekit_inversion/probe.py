@@ -20,7 +20,7 @@ from torch import nn
 from probekit.batchsize import resolve_batch_size
 from probekit.errors import SpecError
 from probekit.probe import Probe
-from probekit.training import Trainer, epoch_seed
+from probekit.training import Trainer, epoch_seed, rank_batches
 from probekit_inversion.modules import Arch, InverseChain, InverseModule, Site, build_inverse, n_parameters
 
 #: image metrics used when the spec lists none (lpips added when a plugin registers it)
@@ -248,9 +248,7 @@ class InversionProbe(Probe):
             def batches(
                 g: torch.Generator, src_feats: Any = src_feats, src_key: str = src_key, tgt: str = target.name
             ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-                from probekit.training import batches_of
-
-                for idx in batches_of(len(feats), self.batch_size, g):
+                for idx in rank_batches(len(feats), self.batch_size, g):
                     yield (src_feats.batch(idx, names=[src_key])[src_key], feats.batch(idx, names=[tgt])[tgt])
 
             def step(
@@ -269,7 +267,7 @@ class InversionProbe(Probe):
             trainer = self._trainer(
                 run, {"inverse": module}, tag, f"inverse-{i:02d}-{safe_name(source.name)}.pt"
             )
-            self.train_losses[source.name] = trainer.fit(batches, step, total=n_batches)
+            self.train_losses[source.name] = trainer.fit(batches, step, total=n_batches, sharded=True)
             module.eval()
             run.log(
                 f"{tag}: {module.description}, {n_parameters(module):,} parameters, "
@@ -332,9 +330,11 @@ class InversionProbe(Probe):
             n_batches = math.ceil(len(feats) / self.batch_size)
             trainer = self._trainer(run, {"chain": chain}, tag, f"e2e-{depth:02d}-{safe_name(name)}.pt")
             self.train_losses[name] = trainer.fit(
-                lambda g, name=name: feats.batches(self.batch_size, g, names=[name, "input"]),
+                lambda g, name=name: (feats.batch(idx, names=[name, "input"])
+                                      for idx in rank_batches(len(feats), self.batch_size, g)),
                 step,
                 total=n_batches,
+                sharded=True,
             )
             chain.eval()
             run.log(

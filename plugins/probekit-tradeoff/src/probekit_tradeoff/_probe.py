@@ -15,7 +15,7 @@ from probekit import checkpoint as ckpt
 from probekit.batchsize import resolve_batch_size
 from probekit.errors import RunError, SpecError
 from probekit.probe import Probe
-from probekit.training import Trainer, batches_of, epoch_seed
+from probekit.training import Trainer, batches_of, epoch_seed, rank_batches
 from probekit_tradeoff._models import TradeoffModel, build_model
 from probekit_tradeoff._routing import routed_losses
 
@@ -213,7 +213,7 @@ class TradeoffProbe(Probe):
                                              lambda b: step(torch.arange(b)), modules=modules.values(),
                                              maximum=n)
         losses = trainer.fit(
-            lambda g: batches_of(n, self.batch_size, g), step, total=math.ceil(n / self.batch_size)
+            lambda g: rank_batches(n, self.batch_size, g), step, total=math.ceil(n / self.batch_size), sharded=True
         )
         metrics, recon = self._evaluate_model(model, test, lam)
         row = {"family": family, "latent": latent, "lambda": lam, **metrics,
