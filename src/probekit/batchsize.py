@@ -396,11 +396,7 @@ def resolve_batch_size(run: Any, tag: str, requested: BatchSizeOption, loss: Los
                            optimizer_slots=optimizer_slots, memory_fraction=memory_fraction, world=world,
                            path=path)
     if world > 1:
-        import torch.distributed as dist
-
-        box = [size]
-        dist.broadcast_object_list(box, src=0)
-        size = box[0]
+        size = distributed.broadcast(size)
     assert size is not None
     return size
 

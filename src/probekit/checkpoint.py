@@ -13,6 +13,7 @@ from typing import IO, Any
 import torch
 
 _read_only_roots: list[Path] = []
+_writable_roots: list[Path] = []
 
 
 def set_read_only(root: str | os.PathLike[str] | None) -> None:
@@ -20,6 +21,19 @@ def set_read_only(root: str | os.PathLike[str] | None) -> None:
     _read_only_roots.clear()
     if root is not None:
         _read_only_roots.append(Path(root).resolve())
+
+
+@contextmanager
+def writable(root: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Allow writes under ``root`` meanwhile, even inside a read-only root (None: no change)."""
+    if root is None:
+        yield
+        return
+    _writable_roots.append(Path(root).resolve())
+    try:
+        yield
+    finally:
+        _writable_roots.pop()
 
 
 @contextmanager
@@ -31,7 +45,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     path = Path(path)
     if _read_only_roots:
         resolved = path.resolve()
-        if any(root == resolved or root in resolved.parents for root in _read_only_roots):
+        if any(root == resolved or root in resolved.parents for root in _read_only_roots) and not any(
+                root == resolved or root in resolved.parents for root in _writable_roots):
             import io
 
             yield io.BytesIO() if "b" in mode else io.StringIO()

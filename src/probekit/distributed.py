@@ -14,10 +14,13 @@ feature cache together, each writing the shards of its own rows
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def is_initialized() -> bool:
@@ -26,16 +29,63 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+_alone = False  # inside alone(): this process trains as if it were the only one
+
+
+def _active() -> bool:
+    return is_initialized() and not _alone
+
+
 def world_size() -> int:
+    """Processes that train together (1 outside a process group or inside :func:`alone`)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if _active() else 1
+
+
+def rank() -> int:
+    """This process's rank among those that train together (0 inside :func:`alone`)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if _active() else 0
+
+
+def group_rank() -> int:
+    """This process's rank in the process group, also inside :func:`alone`."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if is_initialized() else 0
+
+
+def group_size() -> int:
+    """The number of processes in the process group, also inside :func:`alone`."""
     import torch.distributed as dist
 
     return dist.get_world_size() if is_initialized() else 1
 
 
-def rank() -> int:
-    import torch.distributed as dist
+def spread(items: Sequence[T]) -> list[tuple[int, T]]:
+    """This process's share of independent jobs (e.g. sweep points): ``(index, item)``, round robin."""
+    return [(i, item) for i, item in enumerate(items) if i % group_size() == group_rank()]
 
-    return dist.get_rank() if is_initialized() else 0
+
+@contextmanager
+def alone(writable: str | os.PathLike[str] | None = None) -> Iterator[None]:
+    """Train on this process alone (no DDP, no collectives), e.g. one's own sweep points.
+
+    ``writable`` (a folder inside the run directory, such as its checkpoints) may be written by
+    this rank meanwhile, so that its jobs checkpoint and resume like a single process's.
+    """
+    global _alone
+    from probekit import checkpoint
+
+    before = _alone
+    _alone = True
+    try:
+        with checkpoint.writable(writable):
+            yield
+    finally:
+        _alone = before
 
 
 _current_rank, _current_world_size = rank, world_size
@@ -60,7 +110,7 @@ def init_from_env(device: torch.device) -> bool:
 
 def broadcast(value: Any) -> Any:
     """Rank 0's ``value`` on every rank (any picklable object)."""
-    if not is_initialized():
+    if not _active():
         return value
     import torch.distributed as dist
 
@@ -70,7 +120,7 @@ def broadcast(value: Any) -> Any:
 
 
 def all_gather(value: Any) -> list[Any]:
-    """Every rank's ``value``, in rank order (any picklable object)."""
+    """Every rank's ``value``, in rank order (any picklable object); also across :func:`alone`."""
     if not is_initialized():
         return [value]
     import torch.distributed as dist
@@ -119,7 +169,7 @@ def wrap(module: torch.nn.Module, *, find_unused_parameters: bool = False) -> to
     With ``find_unused_parameters`` DDP leaves parameters that no rank used in a step with
     grad None, as one process would (it costs a walk over the autograd graph every step).
     """
-    if not is_initialized() or not any(p.requires_grad for p in module.parameters()):
+    if not _active() or not any(p.requires_grad for p in module.parameters()):
         return module
     from torch.nn.parallel import DistributedDataParallel
 
@@ -152,7 +202,7 @@ def shutdown() -> None:
 
 
 def barrier() -> None:
-    if is_initialized():
+    if _active():
         import torch.distributed as dist
 
         dist.barrier()

@@ -268,3 +268,26 @@ def test_batch_size_auto_is_searched_once_per_model_and_matches_that_number(tmp_
     spec["probe"]["batch_size"] = size
     _run(spec, tmp_path / "number")
     assert _rows(tmp_path / "auto" / "results.csv") == _rows(tmp_path / "number" / "results.csv")
+
+
+def test_points_spread_over_two_processes_give_one_process_results(tmp_path: Path) -> None:
+    """distribute: points — each of 2 gloo processes trains its own sweep points alone and checkpoints
+    them itself; the results equal one process's, and a resume trains nothing again."""
+    import yaml
+
+    spec = _spec(latents=[2, 3], lambdas=[0.0, 1.0], reconstructions=2, baselines=[], distribute="points")
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    _run(spec, tmp_path / "one")
+    cmd = [sys.executable, "-m", "probekit", "run", str(path), "-q", "--nproc", "2", "-o", str(tmp_path / "two")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "two" / "results.csv").read_text() == (tmp_path / "one" / "results.csv").read_text()
+    # every point's result file is in the run directory, whichever process trained it
+    assert len(list((tmp_path / "two" / "checkpoints").glob("tradeoff-*-lam*.json"))) == 4
+    log = (tmp_path / "two" / "log.txt").read_text()
+    assert log.count("tradeoff [") == 4 and "2 processes" in log
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "two" / "results.csv").read_text() == (tmp_path / "one" / "results.csv").read_text()
+    assert "epoch 1/2" not in (tmp_path / "two" / "log.txt").read_text().split("(resumed)")[-1]

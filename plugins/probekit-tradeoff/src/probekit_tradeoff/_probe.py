@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from probekit import checkpoint as ckpt
+from probekit import distributed
 from probekit.batchsize import resolve_batch_size
 from probekit.errors import RunError, SpecError
 from probekit.probe import Probe
@@ -60,6 +61,7 @@ class TradeoffProbe(Probe):
         baseline_iters: int = 200,
         encoder: dict[str, Any] | None = None,
         reconstructions: int = 8,
+        distribute: str = "batches",
     ):
         self.families = list(families or ["fc-medium"])
         self.latents = list(latents or [2, 4, 16, 64])
@@ -71,6 +73,7 @@ class TradeoffProbe(Probe):
         self.baseline_iters = baseline_iters
         self.encoder_spec = encoder
         self.n_recon = reconstructions
+        self.distribute = distribute
         self.rows: list[dict[str, Any]] = []
         self.baseline_rows: list[dict[str, Any]] = []
         self.recon: dict[str, list[list[float]]] = {}
@@ -111,13 +114,12 @@ class TradeoffProbe(Probe):
             f"lambda = {self.lambdas}), {self.epochs} epochs each, batch {self.batch_option}"
         )
         self.rows = []
-        for i, (family, latent, lam) in enumerate(points):
-            row = self._point(run, family, latent, lam, train, test)
-            self.rows.append(row)
-            run.log(
-                f"tradeoff [{i + 1}/{len(points)}] {family} L={latent} lambda={lam:g}: accuracy "
-                f"{row['accuracy']:.4f}, test MSE {row['test_mse']:.4f}, test CE {row['test_ce']:.4f}"
-            )
+        if self.distribute == "points" and distributed.group_size() > 1:
+            self.rows = self._spread_points(run, points, train, test)
+        else:
+            for i, (family, latent, lam) in enumerate(points):
+                self.rows.append(self._point(run, family, latent, lam, train, test))
+                self._log_point(run, i, len(points), self.rows[-1])
         self.baseline_rows = []
         for kind in self.baseline_kinds:
             for latent in self.latents:
@@ -127,6 +129,30 @@ class TradeoffProbe(Probe):
                     f"tradeoff baseline {kind} L={latent}: accuracy {row['accuracy']:.4f}, "
                     f"test MSE {row['test_mse']:.4f}"
                 )
+
+    def _log_point(self, run: Any, i: int, n: int, row: dict[str, Any]) -> None:
+        run.log(
+            f"tradeoff [{i + 1}/{n}] {row['family']} L={row['latent']} lambda={row['lambda']:g}: accuracy "
+            f"{row['accuracy']:.4f}, test MSE {row['test_mse']:.4f}, test CE {row['test_ce']:.4f}"
+        )
+
+    def _spread_points(self, run: Any, points: list[tuple[str, int, float]], train: Split,
+                       test: Split) -> list[dict[str, Any]]:
+        """Each process trains its own sweep points alone (checkpointing them itself); all get all rows."""
+        mine = {}
+        with distributed.alone(writable=run.checkpoint_dir):
+            for i, (family, latent, lam) in distributed.spread(points):
+                row = self._point(run, family, latent, lam, train, test)
+                mine[i] = (row, self.recon[point_name(family, latent, lam)])
+                self._log_point(run, i, len(points), row)
+        done = {i: v for part in distributed.all_gather(mine) for i, v in part.items()}
+        rows = []
+        for i, (family, latent, lam) in enumerate(points):
+            row, self.recon[point_name(family, latent, lam)] = done[i]
+            if i not in mine:
+                self._log_point(run, i, len(points), row)
+            rows.append(row)
+        return rows
 
     # -- data ---------------------------------------------------------------------------------------
     def _load(self, run: Any, dataset: Any) -> Split:

@@ -84,6 +84,12 @@ class TradeoffOptions(Options):
     )
     epochs: int = Field(10, ge=1, description="Training epochs per sweep point (the study: 10).")
     batch_size: BatchSize = Field(512, description=f"{BATCH_SIZE_HELP} The study: 512.")
+    distribute: Literal["batches", "points"] = Field(
+        "batches",
+        description="With several processes (`--nproc N` / torchrun): `batches` trains every sweep point on "
+        "all processes together (DistributedDataParallel); `points` gives each process its own sweep points "
+        "(round robin), trained alone, with the results of one process.",
+    )
     lr: float = Field(
         1e-3, gt=0, description="Adam learning rate for encoder, decoder and classifier (the study: 1e-3)."
     )
