@@ -51,6 +51,9 @@ EXAMPLES = {
     "tradeoff-mnist": ("probekit_tradeoff", ["probe.latents=[2,16]", "probe.lambdas=[0,1]", "probe.epochs=2",
                                              "data.limit=1000"]),
     "vit-inversion": ("probekit_inversion", ["probe.epochs=2", "model.train.epochs=2", "data.n=256", "threads=1"]),
+    "mamba-length": ("probekit_mamba", ["probe.epochs=1", "probe.steps_per_epoch=6", "probe.eval_images=32",
+                                        "probe.variants=[mamba,transformer]", "probe.eval_lengths=[8,16]",
+                                        "probe.prefix_lengths=[4]", "data.limit=512"]),
 }
 
 
