@@ -193,11 +193,19 @@ def unused_parameters(module: torch.nn.Module, loss: torch.Tensor) -> list[torch
     return [p for p in module.parameters() if p.requires_grad and id(p) not in reached]
 
 
-def shutdown() -> None:
-    """Leave the process group (a no-op outside one)."""
+def shutdown(*, wait: bool = True) -> None:
+    """Leave the process group (a no-op outside one); ``wait`` for the other ranks first.
+
+    Don't wait after an error: the other ranks may never get there.
+    """
     if is_initialized():
+        import gc
+
         import torch.distributed as dist
 
+        gc.collect()  # DDP reducers left in reference cycles go before their process group does
+        if wait:
+            dist.barrier()  # no rank leaves while another still talks to it
         dist.destroy_process_group()
 
 

@@ -367,6 +367,8 @@ def execute(run: Run) -> dict[str, Any]:
             write_reports(run, results)
             pm.hook.probekit_run_finished(run=run, results=results)
         run.log(f"finished in {run.timings['total']:.1f}s; results in {run.run_dir}")
+        if owns_group:
+            distributed.shutdown()
         return results
     except BaseException as exc:
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -383,7 +385,7 @@ def execute(run: Run) -> dict[str, Any]:
             run._log_file.close()
         run._log_file = None
         if owns_group:
-            distributed.shutdown()
+            distributed.shutdown(wait=False)  # after an error (a no-op after the shutdown on success)
 
 
 def _install_sigterm_handler(run: Run) -> Callable[[], None]:
