@@ -315,11 +315,7 @@ class FeatureCache:
                 writers[n] = _Writer(tmp / n, "int64" if n == "labels" else dtype, prefix=f"r{rank:04d}-")
             if len(rows):
                 for batch in compute(list(names), rows):
-                    for n in names:
-                        value = batch[n]
-                        if isinstance(value, torch.Tensor):
-                            value = value.detach().cpu().numpy()
-                        writers[n].append(value)
+                    _append(writers, batch)
             for n, w in writers.items():
                 if w.length != len(rows):
                     raise RuntimeError(f"compute gave {w.length} rows of '{n}' for the {len(rows)} rows asked")
@@ -353,11 +349,7 @@ class FeatureCache:
                 folder.mkdir(parents=True)
                 writers[n] = _Writer(folder, "int64" if n == "labels" else dtype)
             for batch in compute(list(keys)):
-                for n in keys:
-                    value = batch[n]
-                    if isinstance(value, torch.Tensor):
-                        value = value.detach().cpu().numpy()
-                    writers[n].append(value)
+                _append(writers, batch)
             for n, key in keys.items():
                 writers[n].finish({"key": key, "layer": n, **info})
                 final = self.path(key)
@@ -368,6 +360,14 @@ class FeatureCache:
         finally:
             for folder in tmp.values():
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def _append(writers: Mapping[str, _Writer], batch: Mapping[str, Any]) -> None:
+    for n, writer in writers.items():
+        value = batch[n]
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        writer.append(value)
 
 
 class FeatureSet:
