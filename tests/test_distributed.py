@@ -132,3 +132,25 @@ def test_trainer_under_ddp_matches_one_process_with_unused_parameters_and_empty_
     assert a["b"] == b["b"]  # untouched by weight decay, as in one process
     assert a["losses"] == pytest.approx(b["losses"], rel=1e-5)
     assert a["a"][0] == pytest.approx(b["a"][0], rel=1e-5, abs=1e-7)
+
+
+def test_batch_size_auto_under_two_processes_is_decided_once_and_kept(tmp_path):
+    """Rank 0 searches, every rank trains with its answer (a hang or a disagreement would fail the run),
+    and --resume reuses the recorded size instead of searching again."""
+    spec = {**SPEC, "probe": {**SPEC["probe"], "batch_size": "auto"}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "PROBEKIT_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "probekit", "run", str(path), "-o", str(tmp_path / "run"), "-q", "--nproc", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = sorted((tmp_path / "run" / "checkpoints").glob("batch-size-*.json"))
+    assert len(records) == 2  # one per layer's classifier
+    sizes = [json.loads(r.read_text())["batch_size"] for r in records]
+    assert all(1 <= s <= 1438 for s in sizes)  # capped at the training-set size
+    first = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (tmp_path / "run" / "log.txt").read_text().split("(resumed)")[-1]
+    assert "as chosen before" in log
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == first
