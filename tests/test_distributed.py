@@ -154,3 +154,39 @@ def test_batch_size_auto_under_two_processes_is_decided_once_and_kept(tmp_path):
     log = (tmp_path / "run" / "log.txt").read_text().split("(resumed)")[-1]
     assert "as chosen before" in log
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == first
+
+
+def test_sigterm_to_a_two_process_run_stops_every_rank_after_one_step_and_resumes_exactly(tmp_path):
+    """The launcher passes SIGTERM on; the ranks agree to stop after the same step (rank 0 checkpoints),
+    the run exits 143, and --resume ends with the numbers of an uninterrupted run."""
+    import signal
+    import time
+
+    spec = {**SPEC, "probe": {**SPEC["probe"], "epochs": 20, "batch_size": 16}}  # ~4000 steps, ~15 s
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "PROBEKIT_CACHE": str(tmp_path / "cache")}
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "probekit", "run", str(path), "-o", str(tmp_path / out), "-q", "--nproc", "2",
+                *extra]
+
+    res = subprocess.run(cmd("full"), capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    proc = subprocess.Popen(cmd("cut"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    checkpoints = tmp_path / "cut" / "checkpoints"
+    deadline = time.time() + 120
+    while not list(checkpoints.glob("linear-*.pt")):  # the probe is training
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "continue with --resume" in err
+    log = (tmp_path / "cut" / "log.txt").read_text()
+    assert "stopped on request at epoch" in log and not (tmp_path / "cut" / "metrics.json").exists()
+    res = subprocess.run(cmd("cut", "--resume"), capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert " and step " in (tmp_path / "cut" / "log.txt").read_text().split("(resumed)")[-1]  # mid-epoch
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text()) == json.loads(
+        (tmp_path / "full" / "metrics.json").read_text())

@@ -292,6 +292,10 @@ class FeatureCache:
                 if errors:
                     if rank == 0:
                         shutil.rmtree(tmp, ignore_errors=True)
+                    if all(e.startswith("StopRequested") for e in errors):
+                        from probekit.training import StopRequested
+
+                        raise StopRequested(errors[0].split(": ", 1)[1])
                     raise RuntimeError(f"computing the feature cache failed on a rank: {errors[0]}")
                 if rank == 0:
                     try:

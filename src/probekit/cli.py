@@ -105,7 +105,28 @@ def _launch(args: argparse.Namespace) -> int:
         argv = sys.argv[1:i] + sys.argv[i + 2:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "probekit", *argv]
-    return subprocess.call(cmd)
+    import signal
+
+    child = subprocess.Popen(cmd)
+
+    forwarded: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        # a scheduler's SIGTERM reaches the launcher: pass it on (torchrun passes it to the ranks, which
+        # checkpoint and stop together) instead of leaving the processes running without us
+        forwarded.append(signum)
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code and signal.SIGTERM in forwarded:  # torchrun itself exits 1 (with its own traceback)
+        print("stopped on SIGTERM after a checkpoint; continue with --resume", file=sys.stderr)
+        return 143
+    return code
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

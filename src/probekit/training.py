@@ -187,8 +187,9 @@ class Trainer:
                     local = batch if sharded else distributed.split(batch, distributed.rank(), world)[0]
                     if parallel is None:
                         parallel = self._parallel(_Step(self.modules, step), local)
-                    value = self._distributed_step(parallel, local, world)
+                    value, stop = self._distributed_step(parallel, local, world)
                 else:
+                    stop = _stop_requested
                     with self._autocast():
                         loss = step(batch)
                     value = float(loss.detach())
@@ -206,7 +207,7 @@ class Trainer:
                     self.optimizer.step()
                 total_loss += value
                 count += 1
-                if _stop_requested:
+                if stop:
                     self._save({"step": i + 1, "loss_sum": total_loss, "count": count,
                                 "rng": torch.get_rng_state()})
                     raise StopRequested(f"{self.name}: stopped on request at epoch {self.epoch + 1}, "
@@ -263,9 +264,13 @@ class Trainer:
         module.finds_unused = n_unused > 0
         return distributed.wrap(module, find_unused_parameters=module.finds_unused)
 
-    def _distributed_step(self, parallel: nn.Module, local: Any, world: int) -> float:
+    def _distributed_step(self, parallel: nn.Module, local: Any, world: int) -> tuple[float, bool]:
         """One step on this rank's share; weighing each rank's mean loss by its share of the global
-        batch makes DDP's gradient average the gradient of the global batch mean."""
+        batch makes DDP's gradient average the gradient of the global batch mean.
+
+        Returns the global loss and whether any rank was asked to stop: all ranks then stop after
+        the same step (a rank stopping alone would leave the others waiting for it).
+        """
         from probekit import distributed
 
         n_local = distributed.local_size(local)
@@ -274,7 +279,10 @@ class Trainer:
         with self._autocast():
             loss = parallel(local if n_local else None, n_local * world / n_global)
         self._backward(loss)
-        return float(distributed.all_reduce_sum(loss.detach().float() / world))
+        loss_and_stop = torch.stack([loss.detach().float() / world,
+                                     torch.tensor(float(_stop_requested), device=loss.device)])
+        value, stops = distributed.all_reduce_sum(loss_and_stop).tolist()
+        return value, stops > 0
 
     def _device(self) -> torch.device:
         for m in self.modules.values():
