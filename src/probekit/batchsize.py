@@ -320,13 +320,11 @@ def training_trial(loss: Loss | Sequence[Loss], modules: Iterable[nn.Module], de
     buffers (batch-norm statistics) and the random number generators are restored afterwards;
     ``precision`` (default: the run's) selects autocast as in the Trainer.
     """
-    import contextlib
-
-    from probekit import training
+    from probekit.training import autocast, default_precision
 
     losses = [loss] if callable(loss) else list(loss)
     modules = list(modules)
-    precision = precision or training._default_precision
+    precision = precision or default_precision()
 
     def trial(b: int) -> None:
         params = [p for m in modules for p in m.parameters()]
@@ -336,9 +334,7 @@ def training_trial(loss: Loss | Sequence[Loss], modules: Iterable[nn.Module], de
         try:
             with torch.random.fork_rng(devices=devices):
                 for one in losses:
-                    autocast = (contextlib.nullcontext() if precision == "fp32"
-                                else torch.autocast(device.type, dtype=training._DTYPES[precision]))
-                    with autocast:
+                    with autocast(precision, device.type):
                         value = one(b)
                     value.backward()
                     del value

@@ -292,11 +292,12 @@ class FeatureCache:
                 if errors:
                     if rank == 0:
                         shutil.rmtree(tmp, ignore_errors=True)
-                    if all(e.startswith("StopRequested") for e in errors):
+                    kind, message = errors[0]
+                    if all(k == "StopRequested" for k, _ in errors):  # a stop stays a stop (exit 143)
                         from probekit.training import StopRequested
 
-                        raise StopRequested(errors[0].split(": ", 1)[1])
-                    raise RuntimeError(f"computing the feature cache failed on a rank: {errors[0]}")
+                        raise StopRequested(message)
+                    raise RuntimeError(f"computing the feature cache failed on a rank: {kind}: {message}")
                 if rank == 0:
                     try:
                         for n in still:
@@ -310,8 +311,9 @@ class FeatureCache:
         return {n: result[n] if n in result else self.open(k) for n, k in keys.items()}
 
     def _write_part(self, tmp: Path, names: Sequence[str], compute: Callable[..., Iterator[Mapping[str, Any]]],
-                    rows: range, rank: int, dtype: str) -> str | None:
-        """Write this rank's rows of every entry as shards ``r<rank>-shard-*.bin``; an error's text or None."""
+                    rows: range, rank: int, dtype: str) -> tuple[str, str] | None:
+        """Write this rank's rows of every entry as shards ``r<rank>-shard-*.bin``; None, or an error's
+        type name and message."""
         try:
             writers = {}
             for n in names:
@@ -326,7 +328,7 @@ class FeatureCache:
                 w.finish({}, name=f"part-{rank:04d}.json")
             return None
         except Exception as exc:  # reported to every rank, so that none waits forever
-            return f"{type(exc).__name__}: {exc}"
+            return type(exc).__name__, str(exc)
 
     def _join_parts(self, folder: Path, parts: int, extra: Mapping[str, Any], final: Path) -> None:
         """One manifest over the parts' shards, in rank order; then the entry is renamed into place."""

@@ -23,6 +23,10 @@ def set_read_only(root: str | os.PathLike[str] | None) -> None:
         _read_only_roots.append(Path(root).resolve())
 
 
+def _under(path: Path, roots: list[Path]) -> bool:
+    return any(root == path or root in path.parents for root in roots)
+
+
 @contextmanager
 def writable(root: str | os.PathLike[str] | None) -> Iterator[None]:
     """Allow writes under ``root`` meanwhile, even inside a read-only root (None: no change)."""
@@ -45,8 +49,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     path = Path(path)
     if _read_only_roots:
         resolved = path.resolve()
-        if any(root == resolved or root in resolved.parents for root in _read_only_roots) and not any(
-                root == resolved or root in resolved.parents for root in _writable_roots):
+        if _under(resolved, _read_only_roots) and not _under(resolved, _writable_roots):
             import io
 
             yield io.BytesIO() if "b" in mode else io.StringIO()

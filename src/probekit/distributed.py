@@ -125,7 +125,7 @@ def all_gather(value: Any) -> list[Any]:
         return [value]
     import torch.distributed as dist
 
-    out: list[Any] = [None] * world_size()
+    out: list[Any] = [None] * group_size()
     dist.all_gather_object(out, value)
     return out
 
@@ -158,9 +158,10 @@ class DistributedBatchSampler(torch.utils.data.Sampler):
 
     def tensors(self) -> list[torch.Tensor]:
         """The same shares as index tensors."""
-        order = torch.randperm(self.n, generator=self.generator) if self.generator is not None else torch.arange(self.n)
-        return [torch.tensor_split(order[i:i + self.batch_size], self.num_replicas)[self.rank]
-                for i in range(0, self.n, self.batch_size)]
+        from probekit.training import batches_of  # the one-process batches, by construction
+
+        return [torch.tensor_split(batch, self.num_replicas)[self.rank]
+                for batch in batches_of(self.n, self.batch_size, self.generator)]
 
 
 def wrap(module: torch.nn.Module, *, find_unused_parameters: bool = False) -> torch.nn.Module:

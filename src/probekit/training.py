@@ -37,6 +37,20 @@ def set_default_precision(precision: str) -> None:
     _default_precision = precision
 
 
+def default_precision() -> str:
+    """The precision of Trainers that are not given one."""
+    return _default_precision
+
+
+def autocast(precision: str, device_type: str) -> Any:
+    """The autocast context of a training ``precision`` (``fp32``: none) on ``device_type``."""
+    import contextlib
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=_DTYPES[precision])
+
+
 def request_stop() -> None:
     """Ask every running :class:`Trainer` to checkpoint after its current step and stop."""
     global _stop_requested
@@ -50,7 +64,6 @@ def stop_requested() -> bool:
 def clear_stop() -> None:
     global _stop_requested
     _stop_requested = False
-
 
 
 def epoch_seed(seed: int, epoch: int, tag: str = "") -> int:
@@ -229,11 +242,7 @@ class Trainer:
         return self._device().type
 
     def _autocast(self) -> Any:
-        import contextlib
-
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self._device_type(), dtype=_DTYPES[self.precision])
+        return autocast(self.precision, self._device_type())
 
     def _backward(self, loss: torch.Tensor) -> None:
         if self.precision == "fp16" and self._device_type() == "cuda":
@@ -248,16 +257,16 @@ class Trainer:
         leaves parameters unused; only then does DDP search the graph for them every step."""
         from probekit import distributed
 
+        device = self._device()
         unused: list[nn.Parameter] = []
         if distributed.local_size(local):
             training = {m: m.training for m in module.modules()}
             module.eval()
-            with torch.random.fork_rng(devices=[self._device()] if self._device().type == "cuda" else []):
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 with torch.enable_grad(), self._autocast():
                     unused = distributed.unused_parameters(module, module(local, 1.0))
             for m, mode in training.items():
                 m.train(mode)
-        device = self._device()
         ids = {id(p) for p in unused}
         module.used = next((p for p in module.parameters() if p.requires_grad and id(p) not in ids), None)
         n_unused = int(distributed.all_reduce_sum(torch.tensor(float(len(unused)), device=device)))
