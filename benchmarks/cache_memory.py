@@ -23,7 +23,7 @@ BATCH = 64
 
 
 def write(root: Path, key: str, n: int) -> None:
-    from probekit.cache import FeatureCache
+    from probekit import FeatureCache
 
     rng = np.random.default_rng(0)
 
@@ -38,7 +38,7 @@ def write(root: Path, key: str, n: int) -> None:
 def read(root: str, key: str) -> None:
     import torch
 
-    from probekit.cache import FeatureCache, FeatureSet
+    from probekit import FeatureCache, FeatureSet
 
     fs = FeatureSet({"layer": FeatureCache(root).open(key)})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -59,12 +59,18 @@ def main() -> None:
 
     from probekit_inversion.modules import Arch, InverseChain, Site, build_inverse
 
-    from probekit.builtin._datasets import photos
-    from probekit.cache import FeatureCache, FeatureSet, cache_key
-    from probekit.capture import CapturePoint, capture
-    from probekit.training import batches_of, epoch_seed
+    from probekit import (
+        CapturePoint,
+        FeatureCache,
+        FeatureSet,
+        batches_of,
+        cache_key,
+        capture,
+        create_dataset,
+        epoch_seed,
+    )
 
-    data = photos(seed=args.seed, size=32, n=args.n + 64)
+    data = create_dataset("photos", seed=args.seed, size=32, n=args.n + 64)
     images = data.train.images[: args.n]
     test_images = data.test.images[:64]
     mean = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)
@@ -73,7 +79,7 @@ def main() -> None:
     # cached path decodes them once, the recomputing path in every epoch of every module.
     from PIL import Image
 
-    from probekit.builtin._datasets import FolderDataset
+    from probekit import FolderDataset
 
     folder = tempfile.TemporaryDirectory()
     files = []

@@ -1,7 +1,7 @@
 """mkdocs hook: generated parts of pages, so that they cannot drift from the code.
 
 `<!-- probekit:spec-reference -->` becomes the reference of every spec key, built from
-`probekit.spec.json_schema()` (the same schema `probekit schema` prints), and
+`probekit._spec.json_schema()` (the same schema `probekit schema` prints), and
 `<!-- probekit:types -->` the table of every installed type.
 """
 
@@ -37,7 +37,7 @@ def _table(props: dict[str, Any], required: list[str]) -> list[str]:
 
 
 def spec_reference() -> str:
-    from probekit.spec import json_schema
+    from probekit import json_schema
 
     schema = json_schema()
     defs = schema["$defs"]
@@ -58,7 +58,7 @@ def spec_reference() -> str:
 
 
 def types_table() -> str:
-    from probekit.plugins import KINDS, get_plugin_manager
+    from probekit import KINDS, get_plugin_manager
 
     pm = get_plugin_manager()
     rows = ["| kind | name | provided by | description |", "|---|---|---|---|"]

@@ -20,7 +20,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def pm():
     """A fresh process-wide plugin manager, restored afterwards."""
-    from probekit import plugins
+    from probekit import _plugins as plugins
 
     plugins.reset_plugin_manager()
     yield plugins.get_plugin_manager()

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 
 import probekit
-from probekit.batchsize import (
+from probekit._batchsize import (
     find_batch_size,
     fit_memory_line,
     resolve_batch_size,
     saved_tensor_bytes,
     training_trial,
 )
-from probekit.errors import RunError
+from probekit._errors import RunError
 from probekit.testing import mlp, small_cnn
 
 CPU = torch.device("cpu")
@@ -161,7 +161,7 @@ def test_resolve_stores_the_choice_and_reuses_it_on_resume(tmp_path, monkeypatch
 
     assert resolve_batch_size(run, "linear 5", 32, loss, modules=[model], maximum=256) == 32  # a number: as is
     assert not logs and not run.checkpoint_dir.exists()
-    monkeypatch.setattr("probekit.batchsize.available_memory", lambda: 2**40)
+    monkeypatch.setattr("probekit._batchsize.available_memory", lambda: 2**40)
     assert resolve_batch_size(run, "linear 5", "auto", loss, modules=[model], maximum=200) == 200
     files = list(run.checkpoint_dir.iterdir())
     assert len(files) == 1 and files[0].name.startswith("batch-size-linear_5-")
@@ -170,7 +170,7 @@ def test_resolve_stores_the_choice_and_reuses_it_on_resume(tmp_path, monkeypatch
     assert "batch_size auto (linear 5): 200 (limited by the training-set size 200" in logs[-1]
 
     # resumed where memory is now scarce: the stored size is reused, nothing is tried
-    monkeypatch.setattr("probekit.batchsize.available_memory", lambda: 1)
+    monkeypatch.setattr("probekit._batchsize.available_memory", lambda: 1)
 
     def must_not_run(b):
         raise AssertionError("searched again")
@@ -187,7 +187,7 @@ def test_run_with_batch_size_auto_records_and_reuses_the_sizes(tmp_path, digits_
     spec["model"]["train"].update(epochs=1, batch_size="auto")
     spec["data"]["limit"] = 300
     # 4 MiB "available": the CNN's activations limit model.train; the linear probes fit the whole set
-    monkeypatch.setattr("probekit.batchsize.available_memory", lambda: 4 * 2**20)
+    monkeypatch.setattr("probekit._batchsize.available_memory", lambda: 4 * 2**20)
     results = probekit.run(spec, tmp_path / "r")
     records = {json.loads(p.read_text())["tag"]: json.loads(p.read_text())
                for p in (tmp_path / "r" / "checkpoints").glob("batch-size-*.json")}
@@ -202,7 +202,7 @@ def test_run_with_batch_size_auto_records_and_reuses_the_sizes(tmp_path, digits_
     assert json.loads(info.read_text())["train"]["batch_size"] == records["model.train"]["batch_size"]
     assert results["accuracy"]["9"] > 0.2
 
-    monkeypatch.setattr("probekit.batchsize.available_memory", lambda: 1)  # less memory on resume: reused
+    monkeypatch.setattr("probekit._batchsize.available_memory", lambda: 1)  # less memory on resume: reused
     again = probekit.run(spec, tmp_path / "r", resume=True)
     assert again == results
     log = (tmp_path / "r" / "log.txt").read_text()
@@ -213,7 +213,7 @@ def test_run_with_batch_size_auto_records_and_reuses_the_sizes(tmp_path, digits_
 def test_distributed_rank0_searches_one_process_share_and_every_rank_gets_its_answer(tmp_path, monkeypatch):
     import torch.distributed as dist
 
-    from probekit import distributed
+    from probekit import _distributed as distributed
 
     torch.manual_seed(0)
     model = mlp(in_features=64, hidden=16)
@@ -227,7 +227,7 @@ def test_distributed_rank0_searches_one_process_share_and_every_rank_gets_its_an
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     monkeypatch.setattr(distributed, "is_main", lambda: True)
     monkeypatch.setattr(dist, "broadcast_object_list", lambda box, src: sent.append((list(box), src)))
-    monkeypatch.setattr("probekit.batchsize.available_memory", lambda: 2**40)
+    monkeypatch.setattr("probekit._batchsize.available_memory", lambda: 2**40)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     run, logs = _fake_run(tmp_path)
     # 101 examples: 51 per process at most; the global batch is capped at 101

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from probekit import cache as cache_mod
-from probekit.cache import CorruptCacheError, FeatureCache, FeatureSet, cache_key
+from probekit import _cache as cache_mod
+from probekit._cache import CorruptCacheError, FeatureCache, FeatureSet, cache_key
 
 
 def _batches(data, bs=7):
@@ -123,8 +123,9 @@ def test_failed_compute_leaves_no_entry(tmp_path):
 PARALLEL_SCRIPT = '''
 import json, sys
 import numpy as np, torch
-from probekit import cache as cache_mod, distributed
-from probekit.cache import FeatureCache
+from probekit import _cache as cache_mod
+from probekit import _distributed as distributed
+from probekit._cache import FeatureCache
 
 distributed.init_from_env(torch.device("cpu"))
 cache_mod.SHARD_BYTES = 200  # several shards per rank

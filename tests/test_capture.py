@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from probekit.capture import CapturePoint, capture
+from probekit._capture import CapturePoint, capture
 from probekit.testing import mlp, small_cnn
 
 

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from probekit.cli import main
+from probekit._cli import main
 
 GOOD = """
 name: ok
@@ -29,7 +29,7 @@ def _spec(tmp_path, text):
 
 
 def test_help_and_plugins_do_not_import_heavy_libraries():
-    code = ("import sys\nfrom probekit.cli import main\n"
+    code = ("import sys\nfrom probekit._cli import main\n"
             "for argv in (['--help'], ['plugins'], ['plugins', '--json'], ['list', 'models']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "heavy = [m for m in ('torch', 'timm', 'transformers', 'torchvision') if m in sys.modules]\n"

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 import probekit
-from probekit.errors import SpecError
+from probekit._errors import SpecError
 
 
 @pytest.mark.parametrize("name,shape,n", [("digits", (1, 8, 8), 1797), ("mnist5k", (1, 28, 28), 5000)])

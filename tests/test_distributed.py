@@ -81,8 +81,7 @@ def test_examples_with_two_processes_match_one_process(tmp_path, example):
 def test_distributed_batch_sampler_shares_are_the_one_process_batches():
     import torch
 
-    from probekit.distributed import DistributedBatchSampler
-    from probekit.training import batches_of
+    from probekit._distributed import DistributedBatchSampler, batches_of
 
     for n, bs, world in [(10, 4, 2), (10, 3, 3), (7, 8, 4), (1, 1, 2)]:
         whole = batches_of(n, bs, torch.Generator().manual_seed(5))
@@ -99,8 +98,9 @@ def test_distributed_batch_sampler_shares_are_the_one_process_batches():
 TRAINER_SCRIPT = '''
 import json, sys, torch
 from torch import nn
-from probekit import distributed
-from probekit.training import Trainer, rank_batches
+from probekit import _distributed as distributed
+from probekit._distributed import rank_batches
+    from probekit._training import Trainer
 
 distributed.init_from_env(torch.device("cpu"))
 torch.manual_seed(0)

@@ -9,7 +9,7 @@ import pytest
 
 import probekit
 from probekit import hookimpl, hookspecs
-from probekit.errors import PluginError, UnknownTypeError
+from probekit._errors import PluginError, UnknownTypeError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import probekit
-from probekit.errors import SpecError
+from probekit._errors import SpecError
 
 RUN_FILES = {"spec.yaml", "metrics.json", "report.md", "report.html", "log.txt", "results.csv"}
 
@@ -257,8 +257,8 @@ def test_kill_at_random_points_then_resume_reproduces_the_results(tmp_path, digi
 
 
 def test_run_paths_cannot_leave_the_run_directory(tmp_path, digits_spec):
-    from probekit.runner import prepare
-    from probekit.spec import load_spec
+    from probekit._runner import prepare
+    from probekit._spec import load_spec
 
     run = prepare(load_spec(digits_spec()), tmp_path / "r")
     assert run.path("figures/a.png") == (tmp_path / "r" / "figures" / "a.png").resolve()

@@ -8,7 +8,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probekit.cli import main
+from probekit._cli import main
 
 VALID = {
     "name": "fuzz",

@@ -1,8 +1,9 @@
 import torch
 import torch.nn.functional as F
 
-from probekit import training
-from probekit.training import StopRequested, Trainer, batches_of
+from probekit import _training as training
+from probekit._distributed import batches_of
+from probekit._training import StopRequested, Trainer
 
 X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
 Y = (X[:, 0] > 0).long()

@@ -1,7 +1,12 @@
 """probekit: probe what a neural network represents, layer by layer.
 
-The public API is flat and imported lazily, so that ``import probekit`` (and the
-CLI's ``--help``) stays fast and does not import torch::
+The package root is the public API: every name a plugin, a benchmark or a user's
+script may use is listed in `__all__` and documented on the API page.
+`probekit.hookspecs` and `probekit.testing` are public too; every `_`-prefixed
+module is implementation and may change without notice.
+
+Names are imported lazily, so that `import probekit` (and the CLI's `--help`)
+stays fast and does not import torch:
 
     import probekit
     adapter = probekit.create_model("module", factory="probekit.testing:small_cnn", input_shape=(1, 8, 8))
@@ -17,56 +22,105 @@ from probekit._version import __version__
 from probekit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from probekit.adapter import Layer, ModelAdapter
-    from probekit.allocator import tune_allocator
-    from probekit.cache import FeatureCache, FeatureSet
-    from probekit.capture import CapturePoint, capture
-    from probekit.data import DataBundle, DataInfo
-    from probekit.errors import ProbekitError, SpecError
-    from probekit.metric import Metric
-    from probekit.plugins import get_plugin_manager
-    from probekit.probe import Probe
-    from probekit.registry import (
+    from probekit._adapter import PIL_INTERPOLATION, Layer, ModelAdapter
+    from probekit._allocator import tune_allocator
+    from probekit._batchsize import BatchSizeOption, resolve_batch_size
+    from probekit._cache import FeatureCache, FeatureSet, cache_key
+    from probekit._capture import CapturePoint, capture
+    from probekit._checkpoint import atomic_open, load_state_dict, write_json
+    from probekit._checkpoint import load as load_checkpoint
+    from probekit._checkpoint import save as save_checkpoint
+    from probekit._context import RunContext
+    from probekit._data import DataBundle, DataInfo, TensorImageDataset, luminance
+    from probekit._distributed import all_gather, alone, batches_of, group_size, rank_batches, spread
+    from probekit._errors import ProbekitError, RunError, SpecError, did_you_mean
+    from probekit._hf import load_config as load_hf_config
+    from probekit._metric import Metric
+    from probekit._plugins import KINDS, PluginManager, get_plugin_manager
+    from probekit._probe import Probe
+    from probekit._registry import (
         create_dataset,
         create_metric,
         create_model,
         create_perturbation,
         create_probe,
     )
-    from probekit.runner import Run, run
-    from probekit.spec import Options, load_spec
-    from probekit.training import Trainer
+    from probekit._runner import run
+    from probekit._spec import (
+        BATCH_SIZE_HELP,
+        BatchSize,
+        ExistingPath,
+        LoadedSpec,
+        Options,
+        SpecPath,
+        json_schema,
+        load_spec,
+        spec_error_from_validation,
+    )
+    from probekit._training import Trainer, epoch_seed
+    from probekit.builtin._datasets import FolderDataset
 
-_LAZY = {
-    "ModelAdapter": "probekit.adapter", "Layer": "probekit.adapter",
-    "capture": "probekit.capture", "CapturePoint": "probekit.capture",
-    "FeatureCache": "probekit.cache", "FeatureSet": "probekit.cache",
-    "DataBundle": "probekit.data", "DataInfo": "probekit.data",
-    "ProbekitError": "probekit.errors", "SpecError": "probekit.errors",
-    "Metric": "probekit.metric", "Probe": "probekit.probe",
-    "get_plugin_manager": "probekit.plugins",
-    "create_model": "probekit.registry", "create_probe": "probekit.registry",
-    "create_metric": "probekit.registry", "create_dataset": "probekit.registry",
-    "create_perturbation": "probekit.registry",
-    "run": "probekit.runner", "Run": "probekit.runner",
-    "load_spec": "probekit.spec", "Options": "probekit.spec",
-    "Trainer": "probekit.training",
-    "tune_allocator": "probekit.allocator",
+# public name -> (private module, name there)
+_LAZY: dict[str, tuple[str, str]] = {
+    # building blocks
+    "create_model": ("_registry", "create_model"), "create_probe": ("_registry", "create_probe"),
+    "create_metric": ("_registry", "create_metric"), "create_dataset": ("_registry", "create_dataset"),
+    "create_perturbation": ("_registry", "create_perturbation"),
+    "get_plugin_manager": ("_plugins", "get_plugin_manager"), "PluginManager": ("_plugins", "PluginManager"),
+    "KINDS": ("_plugins", "KINDS"),
+    # specs and runs
+    "load_spec": ("_spec", "load_spec"), "LoadedSpec": ("_spec", "LoadedSpec"),
+    "json_schema": ("_spec", "json_schema"), "Options": ("_spec", "Options"), "BatchSize": ("_spec", "BatchSize"),
+    "BATCH_SIZE_HELP": ("_spec", "BATCH_SIZE_HELP"),
+    "ExistingPath": ("_spec", "ExistingPath"), "SpecPath": ("_spec", "SpecPath"),
+    "spec_error_from_validation": ("_spec", "spec_error_from_validation"),
+    "run": ("_runner", "run"), "RunContext": ("_context", "RunContext"),
+    # errors
+    "ProbekitError": ("_errors", "ProbekitError"), "SpecError": ("_errors", "SpecError"),
+    "RunError": ("_errors", "RunError"), "did_you_mean": ("_errors", "did_you_mean"),
+    # protocols a plugin implements
+    "ModelAdapter": ("_adapter", "ModelAdapter"), "Layer": ("_adapter", "Layer"),
+    "PIL_INTERPOLATION": ("_adapter", "PIL_INTERPOLATION"),
+    "Probe": ("_probe", "Probe"), "Metric": ("_metric", "Metric"),
+    "DataBundle": ("_data", "DataBundle"), "DataInfo": ("_data", "DataInfo"),
+    "TensorImageDataset": ("_data", "TensorImageDataset"), "luminance": ("_data", "luminance"),
+    "FolderDataset": ("builtin._datasets", "FolderDataset"),
+    # activations and features
+    "capture": ("_capture", "capture"), "CapturePoint": ("_capture", "CapturePoint"),
+    "FeatureCache": ("_cache", "FeatureCache"), "FeatureSet": ("_cache", "FeatureSet"),
+    "cache_key": ("_cache", "cache_key"),
+    # training
+    "Trainer": ("_training", "Trainer"), "epoch_seed": ("_training", "epoch_seed"),
+    "batches_of": ("_distributed", "batches_of"), "rank_batches": ("_distributed", "rank_batches"),
+    "resolve_batch_size": ("_batchsize", "resolve_batch_size"), "BatchSizeOption": ("_batchsize", "BatchSizeOption"),
+    "tune_allocator": ("_allocator", "tune_allocator"),
+    # files
+    "atomic_open": ("_checkpoint", "atomic_open"), "write_json": ("_checkpoint", "write_json"),
+    "save_checkpoint": ("_checkpoint", "save"), "load_checkpoint": ("_checkpoint", "load"),
+    "load_state_dict": ("_checkpoint", "load_state_dict"),
+    "load_hf_config": ("_hf", "load_config"),
+    # several processes
+    "group_size": ("_distributed", "group_size"), "spread": ("_distributed", "spread"),
+    "all_gather": ("_distributed", "all_gather"), "alone": ("_distributed", "alone"),
 }
 
 __all__ = [
-    "CapturePoint", "DataBundle", "DataInfo", "FeatureCache", "FeatureSet", "Layer", "Metric", "ModelAdapter",
-    "Options", "Probe", "ProbekitError", "Run", "SpecError", "Trainer", "__version__", "capture", "create_dataset",
-    "create_metric", "create_model", "create_perturbation", "create_probe", "get_plugin_manager", "hookimpl",
-    "load_spec", "run", "tune_allocator",
+    "BATCH_SIZE_HELP", "BatchSize", "BatchSizeOption", "CapturePoint", "DataBundle", "DataInfo", "ExistingPath",
+    "FeatureCache", "FeatureSet", "FolderDataset", "KINDS", "Layer", "LoadedSpec", "Metric", "ModelAdapter",
+    "Options", "PIL_INTERPOLATION", "PluginManager", "Probe", "ProbekitError", "RunContext", "RunError", "SpecError",
+    "SpecPath", "TensorImageDataset", "Trainer", "__version__", "all_gather", "alone", "atomic_open", "batches_of",
+    "cache_key", "capture", "create_dataset", "create_metric", "create_model", "create_perturbation", "create_probe",
+    "did_you_mean", "epoch_seed", "get_plugin_manager", "group_size", "hookimpl", "json_schema", "load_checkpoint",
+    "load_hf_config", "load_spec", "load_state_dict", "luminance", "rank_batches", "resolve_batch_size", "run",
+    "save_checkpoint", "spec_error_from_validation", "spread", "tune_allocator", "write_json",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    target = _LAZY.get(name)
+    if target is None:
         raise AttributeError(f"module 'probekit' has no attribute '{name}'")
-    value = getattr(import_module(module), name)
+    value = getattr(import_module(f"probekit.{target[0]}"), target[1])
     globals()[name] = value
     return value
 

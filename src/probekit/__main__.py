@@ -1,5 +1,5 @@
 import sys
 
-from probekit.cli import main
+from probekit._cli import main
 
 sys.exit(main())

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probekit.capture import CapturePoint, call_model, capture
-from probekit.data import luminance
+from probekit._capture import CapturePoint, call_model, capture
+from probekit._data import luminance
 
 LAYER_KINDS = ("image", "map", "tokens", "vector", "logits", "state", "other")
 

@@ -42,12 +42,15 @@ import os
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
-from probekit.errors import RunError
+from probekit._errors import RunError
+
+if TYPE_CHECKING:
+    from probekit._context import RunContext
 
 #: what a ``batch_size`` option holds: a positive number, or ``"auto"``
 BatchSizeOption = int | Literal["auto"]
@@ -320,7 +323,7 @@ def training_trial(loss: Loss | Sequence[Loss], modules: Iterable[nn.Module], de
     buffers (batch-norm statistics) and the random number generators are restored afterwards;
     ``precision`` (default: the run's) selects autocast as in the Trainer.
     """
-    from probekit.training import autocast, default_precision
+    from probekit._training import autocast, default_precision
 
     losses = [loss] if callable(loss) else list(loss)
     modules = list(modules)
@@ -350,12 +353,12 @@ def training_trial(loss: Loss | Sequence[Loss], modules: Iterable[nn.Module], de
     return trial
 
 
-def _record_path(run: Any, tag: str) -> Any:
+def _record_path(run: RunContext, tag: str) -> Any:
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in tag)
     return run.checkpoint_dir / f"batch-size-{safe}-{zlib.crc32(tag.encode()):08x}.json"
 
 
-def resolve_batch_size(run: Any, tag: str, requested: BatchSizeOption, loss: Loss | Sequence[Loss],
+def resolve_batch_size(run: RunContext, tag: str, requested: BatchSizeOption, loss: Loss | Sequence[Loss],
                        *, modules: Iterable[nn.Module], maximum: int, optimizer_slots: int = 2,
                        memory_fraction: float = 0.8) -> int:
     """A probe's batch size: ``requested`` if a number; for ``"auto"`` the size chosen for ``tag``.
@@ -376,7 +379,7 @@ def resolve_batch_size(run: Any, tag: str, requested: BatchSizeOption, loss: Los
         if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
             raise ValueError(f"batch size must be a positive integer or 'auto', got {requested!r}")
         return requested
-    from probekit import distributed
+    from probekit import _distributed as distributed
 
     world = distributed.world_size()
     size: int | None = None
@@ -411,9 +414,9 @@ def _read_record(path: Any, tag: str) -> dict[str, Any] | None:
     return record
 
 
-def _search(run: Any, tag: str, loss: Loss | Sequence[Loss], *, modules: list[nn.Module],
+def _search(run: RunContext, tag: str, loss: Loss | Sequence[Loss], *, modules: list[nn.Module],
             maximum: int, optimizer_slots: int, memory_fraction: float, world: int, path: Any) -> int:
-    from probekit import checkpoint as ckpt
+    from probekit import _checkpoint as ckpt
 
     device = run.device
     params = [p for m in modules for p in m.parameters() if p.requires_grad]

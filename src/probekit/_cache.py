@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from probekit.checkpoint import write_json
+from probekit._checkpoint import write_json
 
 SHARD_BYTES = 64 * 2**20
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
@@ -227,7 +227,7 @@ class FeatureCache:
         calls ``compute(names, rows)`` for its own ``range`` of rows and writes
         those shards (all ranks must call ``get``).
         """
-        from probekit import distributed
+        from probekit import _distributed as distributed
 
         if length is not None and distributed.world_size() > 1:
             return self._get_together(keys, compute, dtype, info or {}, length)
@@ -266,7 +266,7 @@ class FeatureCache:
     def _get_together(self, keys: Mapping[str, str], compute: Callable[..., Iterator[Mapping[str, Any]]],
                       dtype: str, info: Mapping[str, Any], length: int) -> dict[str, CachedArray]:
         """:meth:`get` on all ranks of a process group, each computing and writing its share of rows."""
-        from probekit import distributed
+        from probekit import _distributed as distributed
 
         rank, world = distributed.rank(), distributed.world_size()
         locks: list[FileLock] = []
@@ -294,7 +294,7 @@ class FeatureCache:
                         shutil.rmtree(tmp, ignore_errors=True)
                     kind, message = errors[0]
                     if all(k == "StopRequested" for k, _ in errors):  # a stop stays a stop (exit 143)
-                        from probekit.training import StopRequested
+                        from probekit._training import StopRequested
 
                         raise StopRequested(message)
                     raise RuntimeError(f"computing the feature cache failed on a rank: {kind}: {message}")
@@ -415,7 +415,7 @@ class FeatureSet:
                 names: Sequence[str] | None = None, device: torch.device | str | None = None
                 ) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of batches, shuffled when ``generator`` is given."""
-        from probekit.training import batches_of
+        from probekit._distributed import batches_of
 
         for idx in batches_of(self.length, batch_size, generator):
             yield self.batch(idx, names, device)

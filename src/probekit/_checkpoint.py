@@ -76,6 +76,7 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write `data` as indented, key-sorted JSON, atomically."""
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
@@ -122,7 +123,7 @@ def load_state_dict(path: str | os.PathLike[str], *, spec_path: str = "model.wei
     and a DistributedDataParallel ``module.`` prefix. Unreadable files raise a SpecError naming
     ``spec_path``.
     """
-    from probekit.errors import SpecError
+    from probekit._errors import SpecError
 
     path = Path(path)
     state: Any

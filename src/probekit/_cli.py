@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from probekit.errors import PluginError, SpecError
+    from probekit._errors import PluginError, SpecError
 
     try:
         return _COMMANDS[args.command](args)
@@ -130,7 +130,7 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from probekit.spec import load_spec
+    from probekit._spec import load_spec
 
     loaded = load_spec(args.spec, args.overrides)
     parts = [f"probe '{loaded.spec.probe.type}'"]
@@ -143,22 +143,22 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from probekit.spec import load_spec
+    from probekit._spec import load_spec
 
     loaded = load_spec(args.spec, args.overrides)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ and not args.dry_run:
         return _launch(args)
     if args.dry_run:
-        from probekit.dryrun import dry_run
+        from probekit._dryrun import dry_run
 
         print(dry_run(loaded))
         return EXIT_OK
-    from probekit import runner
-    from probekit.errors import ProbekitError
+    from probekit import _runner as runner
+    from probekit._errors import ProbekitError
 
     prepared = runner.prepare(loaded, Path(args.output) if args.output else None, resume=args.resume,
                               overwrite=args.overwrite, quiet=args.quiet)
-    from probekit.training import StopRequested
+    from probekit._training import StopRequested
 
     try:
         results = runner.execute(prepared)
@@ -166,7 +166,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"stopped: {exc}", file=sys.stderr)
         return 143
     except (ProbekitError, KeyError, ValueError) as exc:
-        from probekit.errors import SpecError
+        from probekit._errors import SpecError
 
         _print_error(exc)
         print(f"the run stopped; its directory {prepared.run_dir} is kept: fix the cause and run again with "
@@ -184,11 +184,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         traceback.print_exc()
         print(f"the run failed; see {prepared.run_dir / 'log.txt'}; continue with --resume", file=sys.stderr)
         return EXIT_FAILED
-    from probekit.report import _flatten, _fmt
+    from probekit._report import flatten, fmt
 
     if os.environ.get("RANK", "0") != "0":  # only rank 0 reports (the process group is gone by now)
         return EXIT_OK
-    head = ", ".join(f"{k}={_fmt(v)}" for k, v in _flatten(results)
+    head = ", ".join(f"{k}={fmt(v)}" for k, v in flatten(results)
                      if isinstance(v, (int, float)) and not isinstance(v, bool))[:300]
     print(f"done: {head}")
     print(f"report: {prepared.run_dir / 'report.html'}")
@@ -196,7 +196,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from probekit.plugins import get_plugin_manager
+    from probekit._plugins import get_plugin_manager
 
     infos = get_plugin_manager().plugin_infos()
     if args.json:
@@ -215,7 +215,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from probekit.plugins import get_plugin_manager
+    from probekit._plugins import get_plugin_manager
 
     pm = get_plugin_manager()
     entries = [pm.get(args.kind, n) for n in pm.names(args.kind)]
@@ -242,15 +242,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from probekit.spec import json_schema
+    from probekit._spec import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from probekit.errors import SpecError
-    from probekit.report import render
+    from probekit._errors import SpecError
+    from probekit._report import render
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "metrics.json").exists():
@@ -262,7 +262,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from probekit.compare import compare
+    from probekit._compare import compare
 
     print(compare([Path(d) for d in args.run_dirs], args.output))
     return EXIT_OK

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from probekit.errors import SpecError
-from probekit.report import _flatten, _fmt
+from probekit._errors import SpecError
+from probekit._report import flatten, fmt
 
 
 def compare(run_dirs: list[Path], output: str | None = None) -> str:
@@ -16,13 +16,13 @@ def compare(run_dirs: list[Path], output: str | None = None) -> str:
         path = Path(d) / "metrics.json"
         if not path.exists():
             raise SpecError(f"{d} has no metrics.json", path="RUN_DIR", fix="Give directories of finished runs.")
-        columns.append(dict(_flatten(json.loads(path.read_text()))))
+        columns.append(dict(flatten(json.loads(path.read_text()))))
     keys: list[str] = []
     for col in columns:
         keys += [k for k in col if k not in keys]
     names = [Path(d).name or str(d) for d in run_dirs]
     header = ["result", *names]
-    rows = [[k, *[_fmt(c.get(k, "")) for c in columns]] for k in keys]
+    rows = [[k, *[fmt(c.get(k, "")) for c in columns]] for k in keys]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(header, widths)),
              "  ".join("-" * w for w in widths)]

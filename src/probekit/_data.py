@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from probekit._context import RunContext
 
 
 @dataclass
@@ -60,3 +64,20 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor
     perm = torch.randperm(n, generator=g)
     n_test = max(1, int(round(n * test_fraction)))
     return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def build_data(run: RunContext, section: Any = None, options: Mapping[str, Any] | None = None) -> DataBundle:
+    """The dataset of a data section with ``limit`` / ``test_limit`` applied."""
+    from torch.utils.data import Subset
+
+    from probekit._registry import create_dataset
+
+    section = section or run.spec.data
+    opts = dict(options if options is not None else run.options["data"])
+    bundle = create_dataset(section.type, seed=run.seed, **opts)
+    train, test = bundle.train, bundle.test
+    if section.limit is not None and len(train) > section.limit:
+        train = Subset(train, range(section.limit))
+    if section.test_limit is not None and len(test) > section.test_limit:
+        test = Subset(test, range(section.test_limit))
+    return DataBundle(train, test, bundle.info)

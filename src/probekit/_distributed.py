@@ -2,13 +2,13 @@
 
 Start with ``torchrun --nproc_per_node=N -m probekit run spec.yaml`` or
 ``probekit run spec.yaml --nproc N``. Every rank builds the same model and data.
-The :class:`~probekit.training.Trainer` wraps the modules it trains in
+The :class:`~probekit._training.Trainer` wraps the modules it trains in
 :class:`~torch.nn.parallel.DistributedDataParallel` (DDP); each rank reads its own
 share of every global batch (:class:`DistributedBatchSampler`), weighs its loss by
 that share, and DDP averages the gradients, so results match a single process with
 the same global batch up to floating-point summation order. The ranks compute the
 feature cache together, each writing the shards of its own rows
-(:meth:`~probekit.cache.FeatureCache.get`); only rank 0 writes the run directory.
+(:meth:`~probekit._cache.FeatureCache.get`); only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def alone(writable: str | os.PathLike[str] | None = None) -> Iterator[None]:
     this rank meanwhile, so that its jobs checkpoint and resume like a single process's.
     """
     global _alone
-    from probekit import checkpoint
+    from probekit import _checkpoint as checkpoint
 
     before = _alone
     _alone = True
@@ -158,7 +158,6 @@ class DistributedBatchSampler(torch.utils.data.Sampler):
 
     def tensors(self) -> list[torch.Tensor]:
         """The same shares as index tensors."""
-        from probekit.training import batches_of  # the one-process batches, by construction
 
         return [torch.tensor_split(batch, self.num_replicas)[self.rank]
                 for batch in batches_of(self.n, self.batch_size, self.generator)]
@@ -250,3 +249,17 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value)
     return value
+
+
+def rank_batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """This process's share of each global batch of :func:`batches_of` (all of it in one process).
+
+    Train with ``Trainer.fit(..., sharded=True)`` so that every process reads only its own examples.
+    """
+    return DistributedBatchSampler(n, batch_size, generator).tensors()
+
+
+def batches_of(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Index batches over ``range(n)``, shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from probekit.spec import LoadedSpec
+from probekit._spec import LoadedSpec
 
 
 def dry_run(loaded: LoadedSpec) -> str:
     from pathlib import Path
 
-    from probekit.registry import create_probe
-    from probekit.runner import Run, build_data, default_run_dir, resolve_device
+    from probekit._data import build_data
+    from probekit._registry import create_probe
+    from probekit._runner import Run, default_run_dir, resolve_device
 
     spec = loaded.spec
     lines = [f"spec: {loaded.path or '<dict>'} (name '{spec.name}', seed {spec.seed}, "
@@ -24,7 +25,7 @@ def dry_run(loaded: LoadedSpec) -> str:
                      f"images {tuple(info.image_shape)}, {info.num_classes} classes")
     n_items = len(run.data.train) + len(run.data.test) if run.data is not None else 0
     if spec.model is not None:
-        from probekit.registry import create_model
+        from probekit._registry import create_model
 
         adapter = create_model(spec.model.type, **run.options["model"])
         if getattr(adapter, "input_shape", None) is None and run.data is not None:

@@ -49,6 +49,7 @@ class RunError(ProbekitError):
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A " Did you mean 'x'?" hint for a misspelt `name` among `choices`, or an empty string."""
     import difflib
 
     close = difflib.get_close_matches(name, list(choices), n=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from probekit.errors import SpecError
+from probekit._errors import SpecError
 
 
 def load_config(name: str, *, model_type: str, fix: str, trust_remote_code: bool = False,

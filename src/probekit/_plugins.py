@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from probekit import hookspecs
-from probekit.errors import PluginError, UnknownTypeError, did_you_mean
+from probekit._errors import PluginError, UnknownTypeError, did_you_mean
 
 KINDS = ("models", "probes", "metrics", "datasets", "perturbations")
 _SINGULAR = {"models": "model", "probes": "probe", "metrics": "metric", "datasets": "dataset",

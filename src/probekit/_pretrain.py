@@ -7,25 +7,29 @@ Training checkpoints every epoch into the run directory, so a killed run resumes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from probekit.adapter import ModelAdapter
-from probekit.cache import cache_key
+from probekit._adapter import ModelAdapter
+from probekit._cache import cache_key
+
+if TYPE_CHECKING:
+    from probekit._context import RunContext
 
 
-def train_classifier(run: Any, adapter: ModelAdapter) -> dict[str, float]:
+def train_classifier(run: RunContext, adapter: ModelAdapter) -> dict[str, float]:
     """Train ``adapter.model`` on the spec's ``model.train`` settings (or load the cached result)."""
     from safetensors.torch import load_file
     from safetensors.torch import save as safetensors_bytes
 
-    from probekit.batchsize import resolve_batch_size
-    from probekit.checkpoint import atomic_open, write_json
-    from probekit.runner import build_data
-    from probekit.spec import DataSpec
-    from probekit.training import Trainer, rank_batches
+    from probekit._batchsize import resolve_batch_size
+    from probekit._checkpoint import atomic_open, write_json
+    from probekit._data import build_data
+    from probekit._distributed import rank_batches
+    from probekit._spec import DataSpec
+    from probekit._training import Trainer
 
     opts = run.spec.model.train
     if opts.data is not None:
@@ -88,7 +92,7 @@ def train_classifier(run: Any, adapter: ModelAdapter) -> dict[str, float]:
     return {"test_accuracy": accuracy}
 
 
-def _accuracy(adapter: ModelAdapter, dataset: Any, run: Any) -> float:
+def _accuracy(adapter: ModelAdapter, dataset: Any, run: RunContext) -> float:
     correct = total = 0
     with torch.no_grad():
         for images, labels in run.loader(dataset):

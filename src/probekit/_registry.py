@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from probekit.errors import SpecError
-from probekit.plugins import get_plugin_manager
-from probekit.spec import spec_error_from_validation
+from probekit._errors import SpecError
+from probekit._plugins import get_plugin_manager
+from probekit._spec import spec_error_from_validation
 
 
 def _build(kind: str, name: str, options: dict[str, Any], **extra: Any) -> Any:
@@ -38,7 +38,7 @@ def create_metric(type: str, **options: Any) -> Any:
 
 
 def create_dataset(type: str, *, seed: int = 0, **options: Any) -> Any:
-    """A :class:`~probekit.data.DataBundle` from a registered source, e.g. ``create_dataset("digits")``."""
+    """A :class:`~probekit._data.DataBundle` from a registered source, e.g. ``create_dataset("digits")``."""
     return _build("datasets", type, options, seed=seed)
 
 

@@ -7,29 +7,32 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from probekit.checkpoint import write_json, write_text
+from probekit._checkpoint import write_json, write_text
+
+if TYPE_CHECKING:
+    from probekit._context import RunContext
 
 
-def _flatten(results: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def flatten(results: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     for key, value in results.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            rows += _flatten(value, name + ".")
+            rows += flatten(value, name + ".")
         else:
             rows.append((name, value))
     return rows
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
 
 
-def write_reports(run: Any, results: dict[str, Any]) -> None:
+def write_reports(run: RunContext, results: dict[str, Any]) -> None:
     """Save the report's content (report.json) and render report.md and report.html."""
     write_json(run.run_dir / "report.json", {
         "name": run.spec.name, "sections": run.report_sections, "timings": run.timings,
@@ -46,7 +49,7 @@ def render(run_dir: str | Path) -> tuple[Path, Path]:
     name = meta.get("name", run_dir.name)
     figures = sorted(p.name for p in (run_dir / "figures").glob("*.png")) if (run_dir / "figures").exists() else []
     sections: list[tuple[str, str]] = [tuple(s) for s in meta.get("sections", [])]  # type: ignore[misc]
-    flat = _flatten(results)
+    flat = flatten(results)
 
     md = [f"# probekit run: {name}", ""]
     timings = meta.get("timings", {})
@@ -55,7 +58,7 @@ def render(run_dir: str | Path) -> tuple[Path, Path]:
                   + f"; device {meta.get('device', '?')}.")
         md.append("")
     md += ["## Results", "", "| result | value |", "|---|---|"]
-    md += [f"| {k} | {_fmt(v)} |" for k, v in flat[:200]]
+    md += [f"| {k} | {fmt(v)} |" for k, v in flat[:200]]
     md.append("")
     shown = set()
     for title, body in sections:

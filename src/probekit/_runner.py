@@ -22,15 +22,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from probekit import checkpoint as ckpt
-from probekit.adapter import ModelAdapter
-from probekit.cache import FeatureCache, FeatureSet, cache_key, default_cache_dir
-from probekit.data import DataBundle
-from probekit.errors import RunError, SpecError
-from probekit.metric import Metric
-from probekit.plugins import get_plugin_manager
-from probekit.probe import Probe
-from probekit.spec import LoadedSpec, load_spec
+from probekit import _checkpoint as ckpt
+from probekit._adapter import ModelAdapter
+from probekit._cache import FeatureCache, FeatureSet, cache_key, default_cache_dir
+from probekit._data import DataBundle, build_data
+from probekit._errors import RunError, SpecError
+from probekit._metric import Metric
+from probekit._plugins import get_plugin_manager
+from probekit._probe import Probe
+from probekit._spec import LoadedSpec, load_spec
 
 
 def seed_everything(seed: int) -> None:
@@ -97,7 +97,7 @@ class Run:
     # -- randomness ------------------------------------------------------------------
     def generator(self, tag: str = "") -> torch.Generator:
         """A torch Generator seeded from the spec's seed and ``tag``."""
-        from probekit.training import epoch_seed
+        from probekit._training import epoch_seed
 
         return torch.Generator().manual_seed(epoch_seed(self.seed, 0, tag))
 
@@ -109,13 +109,13 @@ class Run:
 
     # -- components ------------------------------------------------------------------
     def create_metric(self, name: str, **options: Any) -> Metric:
-        from probekit.registry import create_metric
+        from probekit._registry import create_metric
 
         return create_metric(name, **options)
 
     def metrics(self) -> dict[str, Metric]:
         """The spec's ``metrics:`` list, instantiated (fresh objects each call)."""
-        from probekit.registry import create_metric
+        from probekit._registry import create_metric
 
         out = {}
         for i, m in enumerate(self.spec.metric_specs()):
@@ -123,7 +123,7 @@ class Run:
         return out
 
     def perturbation(self, name: str, **options: Any) -> Callable[..., torch.Tensor]:
-        from probekit.registry import create_perturbation
+        from probekit._registry import create_perturbation
 
         return create_perturbation(name, **options)
 
@@ -140,7 +140,7 @@ class Run:
         ``transform_id`` that changes whenever its result would. ``model`` reads
         another adapter than the run's own (e.g. one a probe builds itself).
         """
-        from probekit import distributed
+        from probekit import _distributed as distributed
 
         model = model if model is not None else self.model
         if model is None or self.data is None:
@@ -159,7 +159,7 @@ class Run:
             loader = self.loader(part)
             self.log(f"feature cache: computing {', '.join(wanted)} for {len(dataset)} {split} examples"
                      + (f" ({distributed.world_size()} processes)" if rows is not None else ""))
-            from probekit.training import StopRequested, stop_requested
+            from probekit._training import StopRequested, stop_requested
 
             with torch.no_grad():
                 for images, labels in self.progress(loader, total=len(loader), desc=f"features {split}"):
@@ -236,37 +236,20 @@ def _build_model(run: Run) -> ModelAdapter | None:
     spec = run.spec
     if spec.model is None:
         return None
-    from probekit.registry import create_model
+    from probekit._registry import create_model
 
     adapter = create_model(spec.model.type, **run.options["model"])
     if getattr(adapter, "input_shape", None) is None and run.data is not None:
         adapter.input_shape = tuple(run.data.info.image_shape)
     adapter.to(run.device)
     if spec.model.train is not None:
-        from probekit.pretrain import train_classifier
+        from probekit._pretrain import train_classifier
 
         train_classifier(run, adapter)
     adapter.model.eval()
     for p in adapter.model.parameters():
         p.requires_grad_(False)
     return adapter
-
-
-def build_data(run: Run, section: Any = None, options: Mapping[str, Any] | None = None) -> DataBundle:
-    """The dataset of a data section with ``limit`` / ``test_limit`` applied."""
-    from torch.utils.data import Subset
-
-    from probekit.registry import create_dataset
-
-    section = section or run.spec.data
-    opts = dict(options if options is not None else run.options["data"])
-    bundle = create_dataset(section.type, seed=run.seed, **opts)
-    train, test = bundle.train, bundle.test
-    if section.limit is not None and len(train) > section.limit:
-        train = Subset(train, range(section.limit))
-    if section.test_limit is not None and len(test) > section.test_limit:
-        test = Subset(test, range(section.test_limit))
-    return DataBundle(train, test, bundle.info)
 
 
 def resolved_spec_text(loaded: LoadedSpec) -> str:
@@ -313,9 +296,9 @@ def _strip_versions(text: str) -> str:
 
 def execute(run: Run) -> dict[str, Any]:
     """Run a prepared :class:`Run` to the end; return the content of metrics.json."""
-    from probekit import distributed
-    from probekit.registry import create_probe
-    from probekit.report import write_reports
+    from probekit import _distributed as distributed
+    from probekit._registry import create_probe
+    from probekit._report import write_reports
 
     # a process group this run joined is left at its end (exiting with DDP's threads alive can abort)
     owns_group = not distributed.is_initialized() and distributed.init_from_env(run.device)
@@ -339,7 +322,7 @@ def execute(run: Run) -> dict[str, Any]:
         seed_everything(run.seed)
         if run.spec.threads:
             torch.set_num_threads(run.spec.threads)
-        from probekit.training import set_default_precision
+        from probekit._training import set_default_precision
 
         set_default_precision(run.spec.precision)
         if run.device.type == "cpu":
@@ -393,7 +376,7 @@ def _install_sigterm_handler(run: Run) -> Callable[[], None]:
     import signal
     import threading
 
-    from probekit.training import clear_stop, request_stop
+    from probekit._training import clear_stop, request_stop
 
     clear_stop()
     if threading.current_thread() is not threading.main_thread():
@@ -422,4 +405,4 @@ def run(spec: str | Path | Mapping[str, Any] | LoadedSpec, run_dir: str | Path |
     return execute(prepared)
 
 
-__all__ = ["Run", "run", "prepare", "execute", "RunError", "build_data", "seed_everything"]
+__all__ = ["Run", "run", "prepare", "execute", "RunError", "seed_everything"]

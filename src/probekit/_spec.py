@@ -2,7 +2,7 @@
 
 The core validates the shape of a spec; each section's type-specific options
 are validated by the options model its plugin registered. Every error becomes a
-:class:`~probekit.errors.SpecError` naming the file, the key path, what is wrong
+:class:`~probekit._errors.SpecError` naming the file, the key path, what is wrong
 and how to fix it.
 """
 
@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic.functional_validators import AfterValidator, BeforeValidator
 
-from probekit.errors import SpecError, did_you_mean
+from probekit._errors import SpecError, did_you_mean
 
 
 # -- path types for options models ---------------------------------------------------------
@@ -58,7 +58,7 @@ SpecPath = Annotated[Path, AfterValidator(_resolve_path)]
 #: Like :data:`SpecPath`, and the file or folder must exist.
 ExistingPath = Annotated[Path, AfterValidator(_existing_path)]
 #: A training batch size: a positive number, or ``"auto"`` for the largest that fits in memory
-#: (found once per run and kept for ``--resume``; see :mod:`probekit.batchsize`).
+#: (found once per run and kept for ``--resume``; see :mod:`probekit._batchsize`).
 BatchSize = Annotated[Annotated[int, Field(ge=1)] | Literal["auto"], BeforeValidator(_batch_size)]
 #: Description of :data:`BatchSize` options in the schema.
 BATCH_SIZE_HELP = "Training batch size, or 'auto': the largest that fits in memory (kept for --resume)."
@@ -281,7 +281,7 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None) -> Spec:
 def validate_options(kind: str, section: Any, path: str, *, base_dir: Path, file: str | None = None,
                      exclude: Iterable[str] = ()) -> dict[str, Any]:
     """Validate a section's type-specific options with the owning plugin's options model."""
-    from probekit.plugins import get_plugin_manager
+    from probekit._plugins import get_plugin_manager
 
     try:
         entry = get_plugin_manager().get(kind, section.type, path=f"{path}.type")
@@ -300,7 +300,7 @@ def validate_options(kind: str, section: Any, path: str, *, base_dir: Path, file
 
 def check_spec(spec: Spec, raw: dict[str, Any], *, path: Path | None = None) -> LoadedSpec:
     """Validate every section's type-specific options; return a :class:`LoadedSpec`."""
-    from probekit.plugins import get_plugin_manager
+    from probekit._plugins import get_plugin_manager
 
     file = str(path) if path is not None else None
     base = path.parent if path is not None else Path.cwd()
@@ -358,7 +358,7 @@ def load_spec(source: str | Path | Mapping[str, Any], overrides: Iterable[str] =
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of spec.yaml, with each installed type's options."""
-    from probekit.plugins import get_plugin_manager
+    from probekit._plugins import get_plugin_manager
 
     schema = Spec.model_json_schema()
     pm = get_plugin_manager()

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from probekit import checkpoint as ckpt
-from probekit.errors import RunError
+from probekit import _checkpoint as ckpt
+from probekit._errors import RunError
 
 
 class StopRequested(RunError):
@@ -140,7 +140,7 @@ class Trainer:
         self.log(f"{self.name}: resumed after epoch {self.epoch}/{self.epochs}{where}")
 
     def _save(self, partial: dict[str, Any] | None = None) -> None:
-        from probekit import distributed
+        from probekit import _distributed as distributed
 
         if self.checkpoint is None or not distributed.is_main():
             return
@@ -172,7 +172,7 @@ class Trainer:
         process yields whole global batches and the trainer splits them (tensors,
         or tuples/dicts of tensors, along the first dimension).
         """
-        from probekit import distributed
+        from probekit import _distributed as distributed
 
         world = distributed.world_size()
         parallel: nn.Module | None = None  # DDP over the step, made at the first step
@@ -255,7 +255,7 @@ class Trainer:
     def _parallel(self, module: _Step, local: Any) -> nn.Module:
         """``module`` under DDP. One forward pass in eval mode (RNG untouched) finds out whether the step
         leaves parameters unused; only then does DDP search the graph for them every step."""
-        from probekit import distributed
+        from probekit import _distributed as distributed
 
         device = self._device()
         unused: list[nn.Parameter] = []
@@ -280,7 +280,7 @@ class Trainer:
         Returns the global loss and whether any rank was asked to stop: all ranks then stop after
         the same step (a rank stopping alone would leave the others waiting for it).
         """
-        from probekit import distributed
+        from probekit import _distributed as distributed
 
         n_local = distributed.local_size(local)
         device = self._device()
@@ -319,19 +319,3 @@ class _Step(nn.Module):
                 params = [self.used]
             return torch.stack([(p * 0).sum() for p in params]).sum()
         return self.step(batch) * weight
-
-
-def rank_batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """This process's share of each global batch of :func:`batches_of` (all of it in one process).
-
-    Train with ``Trainer.fit(..., sharded=True)`` so that every process reads only its own examples.
-    """
-    from probekit.distributed import DistributedBatchSampler
-
-    return DistributedBatchSampler(n, batch_size, generator).tensors()
-
-
-def batches_of(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Index batches over ``range(n)``, shuffled when a generator is given."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pluggy
 
 if TYPE_CHECKING:
-    from probekit.runner import Run
+    from probekit._context import RunContext
 
 hookspec = pluggy.HookspecMarker("probekit")
 hookimpl = pluggy.HookimplMarker("probekit")
@@ -93,7 +93,7 @@ def probekit_probe_defaults(probe: str, model: Any) -> dict[str, Any] | None:
 
 
 @hookspec
-def probekit_run_started(run: Run) -> None:
+def probekit_run_started(run: RunContext) -> None:
     """Called when a run starts, after its run directory and resolved spec exist.
 
     ``run`` exposes ``run_dir``, ``spec``, ``device`` and ``log``. Observers such
@@ -102,10 +102,10 @@ def probekit_run_started(run: Run) -> None:
 
 
 @hookspec
-def probekit_run_finished(run: Run, results: dict[str, Any]) -> None:
+def probekit_run_finished(run: RunContext, results: dict[str, Any]) -> None:
     """Called when a run has written ``metrics.json``; ``results`` is its content."""
 
 
 @hookspec
-def probekit_run_failed(run: Run, error: BaseException) -> None:
+def probekit_run_failed(run: RunContext, error: BaseException) -> None:
     """Called when a run stops with an exception (the run directory is kept for ``--resume``)."""

@@ -6,7 +6,12 @@ They are ordinary ``nn.Module`` factories, usable with the ``module`` adapter:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from torch import nn
+
+if TYPE_CHECKING:
+    from probekit._context import RunContext
 
 
 def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> nn.Sequential:
@@ -33,3 +38,40 @@ def mlp(in_features: int = 64, hidden: int = 64, num_classes: int = 10, depth: i
         width = hidden
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+def reset_plugin_manager() -> None:
+    """Forget the process's plugin manager, so that the next use loads the plugins anew."""
+    from probekit._plugins import reset_plugin_manager as reset
+
+    reset()
+
+
+def prepare_run(loaded: Any, run_dir: Any, **options: Any) -> Any:
+    """Prepare a run without executing it (`probekit.run` does both); returns the `RunContext`."""
+    from probekit._runner import prepare
+
+    return prepare(loaded, run_dir, **options)
+
+
+def execute_run(run: RunContext) -> dict[str, Any]:
+    """Execute a run made by `prepare_run`; returns the content of metrics.json."""
+    from probekit._runner import execute
+
+    return execute(run)
+
+
+def limit_memory(monkeypatch: Any, nbytes: int) -> None:
+    """Make `batch_size: auto` on the CPU see only `nbytes` of available memory (a pytest monkeypatch)."""
+    monkeypatch.setattr("probekit._batchsize.available_memory", lambda: nbytes)
+
+
+def isolated_plugins(monkeypatch: Any, plugins: dict[str, Any]) -> Any:
+    """Use a plugin manager with only the core's built-ins and `plugins` (name -> module or object)."""
+    import probekit._plugins as _plugins
+
+    pm = _plugins.PluginManager(load_entry_points=False)
+    for name, plugin in plugins.items():
+        pm.register(plugin, name=name)
+    monkeypatch.setattr(_plugins, "_manager", pm)
+    return pm

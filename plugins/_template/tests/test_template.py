@@ -5,7 +5,8 @@ import probekit
 
 def test_metric_and_probe_through_the_registry(tmp_path, monkeypatch):
     monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path / "cache"))
-    from probekit.plugins import get_plugin_manager, reset_plugin_manager
+    from probekit import get_plugin_manager
+    from probekit.testing import reset_plugin_manager
 
     reset_plugin_manager()  # discover the installed plugin through its entry point
     assert get_plugin_manager().get("metrics", "mae").provider == "template"

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from probekit import create_model
-from probekit.errors import SpecError
+from probekit import SpecError, create_model
 
 
 def tiny_config(**extra):
@@ -195,7 +194,7 @@ def test_listed_by_the_cli_without_importing_heavy_libraries() -> None:
     ).stdout
     assert any(line.startswith("detr ") and "DETR" in line for line in out.splitlines())
     code = (
-        "import sys, probekit_detr; from probekit.plugins import get_plugin_manager; "
+        "import sys, probekit_detr; from probekit import get_plugin_manager; "
         "get_plugin_manager(); print(any(m in sys.modules for m in ('timm', 'transformers', 'torch')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -29,7 +29,7 @@ def test_models():
     """Register the test adapters (tests/helpers.py) as model types for one test."""
     from inversion_helpers import Suggestions, TestModels
 
-    from probekit.plugins import get_plugin_manager
+    from probekit import get_plugin_manager
 
     pm = get_plugin_manager()
     plugins = [(TestModels(), "inversion-test-models"), (Suggestions(), "inversion-test-defaults")]

@@ -7,8 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from probekit.adapter import ModelAdapter
-from probekit.capture import CapturePoint
+from probekit import CapturePoint, ModelAdapter
 from probekit.hookspecs import hookimpl
 
 

@@ -17,7 +17,7 @@ from probekit_inversion.probe import InversionProbe
 from test_probe import _exact_fit
 
 import probekit
-from probekit.errors import SpecError
+from probekit import SpecError
 
 
 def test_rgb_to_hsv_matches_colorsys():
@@ -50,7 +50,7 @@ def _spec(**colour):
 
 def test_exact_inverses_keep_the_whole_colour_change(tmp_path, test_models, monkeypatch):
     pytest.importorskip("probekit_perturb")
-    from probekit.plugins import get_plugin_manager
+    from probekit import get_plugin_manager
 
     if "hue-set" not in get_plugin_manager().names("perturbations"):
         pytest.skip("probekit-perturb does not register hue-set")
@@ -76,12 +76,10 @@ def test_exact_inverses_keep_the_whole_colour_change(tmp_path, test_models, monk
 def test_missing_perturbation_plugin_is_a_clear_error(tmp_path, monkeypatch):
     import probekit_inversion
 
-    import probekit.plugins as plugins
+    from probekit.testing import isolated_plugins
 
-    pm = plugins.PluginManager(load_entry_points=False)  # the core's built-ins only: no perturbations
-    pm.register(probekit_inversion, name="inversion")
-    pm.register(TestModels(), name="test-models")
-    monkeypatch.setattr(plugins, "_manager", pm)
+    # the core's built-ins only: no perturbations
+    isolated_plugins(monkeypatch, {"inversion": probekit_inversion, "test-models": TestModels()})
     with pytest.raises(SpecError, match="probekit-perturb") as err:
         probekit.run(_spec(), tmp_path / "run")
     assert "pip install probekit-perturb" in str(err.value)
@@ -94,7 +92,7 @@ class _FakeRun:
 
 
 def test_box_and_data_masks():
-    from probekit.data import TensorImageDataset
+    from probekit import TensorImageDataset
 
     images = torch.rand(3, 3, 10, 20)
     box = ColourOptions(box=(0.5, 0.0, 1.0, 0.5))
@@ -114,7 +112,7 @@ def test_coco_instance_masks(tmp_path):
     pytest.importorskip("pycocotools")
     from torch.utils.data import Subset
 
-    from probekit.builtin._datasets import FolderDataset
+    from probekit import FolderDataset
 
     files = []
     for i in range(2):

@@ -129,8 +129,7 @@ def test_modules_from_real_adapter_layers():
 
 def test_timm_vit_layers_plan():
     timm = pytest.importorskip("timm")
-    from probekit.adapter import ModelAdapter
-    from probekit.capture import CapturePoint
+    from probekit import CapturePoint, ModelAdapter
 
     class TimmVit(ModelAdapter):
         type_name = "timm-vit-test"

@@ -14,8 +14,10 @@ from probekit_inversion.modules import InverseChain
 from probekit_inversion.probe import InversionProbe, merge_defaults
 
 import probekit
-from probekit.runner import execute, prepare
-from probekit.spec import load_spec
+from probekit import load_spec
+from probekit.testing import execute_run as execute
+from probekit.testing import limit_memory
+from probekit.testing import prepare_run as prepare
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -161,7 +163,7 @@ def test_detr_plugin_end_to_end(tmp_path):
     """The real DETR adapter of probekit-detr (when installed), tiny config, through the registry."""
     pytest.importorskip("probekit_detr")
     pytest.importorskip("transformers")
-    from probekit.plugins import get_plugin_manager
+    from probekit import get_plugin_manager
 
     if "detr" not in get_plugin_manager().names("models"):
         pytest.skip("probekit-detr does not register `detr` yet")
@@ -177,7 +179,7 @@ def test_detr_plugin_end_to_end(tmp_path):
 def test_batch_size_auto_per_module_is_kept_for_resume(tmp_path, monkeypatch):
     import json
 
-    monkeypatch.setattr("probekit.batchsize.available_memory", lambda: 2**20)  # 1 MiB: batches < 160
+    limit_memory(monkeypatch, 2**20)  # 1 MiB: batches < 160
     spec = cnn_spec(layers=["2", "9"], epochs=1, batch_size="auto")
     probekit.run(spec, tmp_path / "r")
     records = {r["tag"]: r for r in (json.loads(p.read_text())
@@ -187,7 +189,7 @@ def test_batch_size_auto_per_module_is_kept_for_resume(tmp_path, monkeypatch):
     assert 1 < near_input < 160
     log = (tmp_path / "r" / "log.txt").read_text()
     assert f"batch_size auto (inverse 2->input): {near_input} (fits 80% of 1 MiB" in log
-    monkeypatch.setattr("probekit.batchsize.available_memory", lambda: 1)
+    limit_memory(monkeypatch, 1)
     probekit.run(spec, tmp_path / "r", resume=True)
     log = (tmp_path / "r" / "log.txt").read_text()
     assert f"batch_size auto (inverse 2->input): {near_input}, as chosen before" in log

@@ -46,7 +46,7 @@ def test_resume_after_kill_gives_the_same_results(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
-    from probekit.checkpoint import load
+    from probekit import load_checkpoint as load
 
     state = load(target)
     assert 1 <= state["epoch"] < SPEC["probe"]["epochs"]

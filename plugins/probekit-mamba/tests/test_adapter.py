@@ -10,8 +10,8 @@ import torch
 from probekit_mamba import MambaAdapter, get_backend
 
 import probekit
-from probekit.errors import SpecError
-from probekit.plugins import get_plugin_manager, reset_plugin_manager
+from probekit import SpecError, get_plugin_manager
+from probekit.testing import reset_plugin_manager
 
 MAMBA = dict(hidden_size=16, num_hidden_layers=3, state_size=4, expand=2, vocab_size=30)
 MAMBA2 = dict(model_type="mamba2", hidden_size=16, num_hidden_layers=2, state_size=4, expand=2, num_heads=4,
@@ -39,7 +39,7 @@ def test_registered_with_import_strings_only():
     assert probe.meta == {"needs_model": False}
     assert "study 3" in probe.description
     # listing plugins imports neither torch nor transformers nor the probe's modules
-    code = ("import sys; from probekit.plugins import get_plugin_manager; pm = get_plugin_manager(); "
+    code = ("import sys; from probekit import get_plugin_manager; pm = get_plugin_manager(); "
             "pm.names('models'); pm.names('probes'); "
             "print(sorted(m for m in ('torch', 'transformers', 'probekit_mamba._lengthgen', "
             "'probekit_mamba._adapter') if m in sys.modules))")

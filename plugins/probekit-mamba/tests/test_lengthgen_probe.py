@@ -11,9 +11,10 @@ from probekit_mamba._lengthgen_options import LengthGenOptions
 from probekit_mamba._seqmodels import extract_patches
 
 import probekit
-from probekit.errors import SpecError
-from probekit.runner import execute, prepare
-from probekit.spec import load_spec
+from probekit import SpecError, load_spec
+from probekit.testing import execute_run as execute
+from probekit.testing import limit_memory
+from probekit.testing import prepare_run as prepare
 
 
 @pytest.fixture(autouse=True)
@@ -153,7 +154,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path, monkeypatch):
 def test_bad_images_are_clear_errors(tmp_path):
     from PIL import Image
 
-    from probekit.errors import RunError
+    from probekit import RunError
 
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -168,7 +169,7 @@ def test_bad_images_are_clear_errors(tmp_path):
 
 
 def test_batch_size_auto_one_size_for_all_variants(tmp_path, monkeypatch):
-    monkeypatch.setattr("probekit.batchsize.available_memory", lambda: 2**20)  # 1 MiB: a batch < n
+    limit_memory(monkeypatch, 2**20)  # 1 MiB: a batch < n
     spec = tiny_spec(batch_size="auto", steps_per_epoch=None, epochs=1, eval_lengths=[4], prefix_lengths=[4])
     spec["data"]["limit"] = 300
     run = prepare(load_spec(spec), tmp_path / "r")

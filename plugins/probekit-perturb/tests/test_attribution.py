@@ -9,8 +9,7 @@ from probekit_perturb.attribution import Attributor, infidelity_score, sensitivi
 from torch import nn
 
 import probekit
-from probekit.adapter import ModelAdapter
-from probekit.capture import CapturePoint
+from probekit import CapturePoint, ModelAdapter
 
 
 @pytest.fixture

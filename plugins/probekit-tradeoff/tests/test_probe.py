@@ -16,9 +16,10 @@ import pytest
 import torch
 from probekit_tradeoff._probe import COLUMNS, load_point_weights
 
-from probekit.errors import SpecError
-from probekit.runner import execute, prepare
-from probekit.spec import load_spec
+from probekit import SpecError, load_spec
+from probekit.testing import execute_run as execute
+from probekit.testing import limit_memory
+from probekit.testing import prepare_run as prepare
 
 ROOT = Path(os.environ.get("PROBEKIT_REPO") or Path(__file__).resolve().parents[3])  # repository root
 
@@ -243,7 +244,7 @@ def test_unknown_layer_is_a_clear_error(tmp_path: Path) -> None:
 def test_example_reproduces_the_finding(tmp_path: Path) -> None:
     """examples/tradeoff-mnist.yaml: accuracy falls and MSE falls from the smallest to the largest lambda,
     and the larger latent loses less accuracy (a few minutes on 2 cores)."""
-    from probekit.runner import run as run_spec
+    from probekit import run as run_spec
 
     metrics = run_spec(ROOT / "examples" / "tradeoff-mnist.yaml", tmp_path / "run")
     by_latent = metrics["tradeoff"]["fc-medium"]
@@ -255,7 +256,7 @@ def test_example_reproduces_the_finding(tmp_path: Path) -> None:
 
 
 def test_batch_size_auto_is_searched_once_per_model_and_matches_that_number(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("probekit.batchsize.available_memory", lambda: 2**18)  # 0.25 MiB: a batch < n
+    limit_memory(monkeypatch, 2**18)  # 0.25 MiB: a batch < n
     spec = _spec(latents=[2], epochs=1, batch_size="auto", baselines=[])
     spec["data"]["limit"] = 400
     _run(spec, tmp_path / "auto")

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from probekit import create_model
-from probekit.errors import SpecError
+from probekit import SpecError, create_model
 
 TIMM_KW = {"img_size": 32, "patch_size": 8, "depth": 3, "embed_dim": 32, "num_heads": 2, "num_classes": 5}
 
@@ -323,7 +322,7 @@ def test_listed_by_the_cli_without_importing_heavy_libraries() -> None:
     ).stdout
     assert any(line.startswith("vit ") and "Vision Transformer" in line for line in out.splitlines())
     code = (
-        "import sys, probekit_vit; from probekit.plugins import get_plugin_manager; get_plugin_manager(); "
+        "import sys, probekit_vit; from probekit import get_plugin_manager; get_plugin_manager(); "
         "print(any(m in sys.modules for m in ('timm', 'transformers')))"
     )
     assert (

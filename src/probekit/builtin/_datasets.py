@@ -7,8 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probekit.data import DataBundle, DataInfo, TensorImageDataset, luminance, split_indices
-from probekit.errors import SpecError
+from probekit._data import DataBundle, DataInfo, TensorImageDataset, luminance, split_indices
+from probekit._errors import SpecError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel")

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probekit.batchsize import resolve_batch_size
-from probekit.probe import Probe
-from probekit.training import Trainer
+from probekit._batchsize import resolve_batch_size
+from probekit._probe import Probe
+from probekit._training import Trainer
+
+if TYPE_CHECKING:
+    from probekit._context import RunContext
 
 
 def pool_states(x: torch.Tensor, pool: str, max_features: int) -> torch.Tensor:
@@ -45,14 +48,14 @@ class LinearProbe(Probe):
         self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.train_losses: dict[str, list[float]] = {}
 
-    def _layers(self, run: Any) -> list[str]:
+    def _layers(self, run: RunContext) -> list[str]:
         if self.layer_names == "all":
             return [layer.name for layer in run.model.layers()]
         for name in self.layer_names:
             run.model.layer(name)  # raises with the list of valid names
         return list(self.layer_names)
 
-    def _features(self, run: Any, names: list[str], split: str) -> Any:
+    def _features(self, run: RunContext, names: list[str], split: str) -> Any:
         # Pool before caching: the probe needs vectors only, and raw maps can be large.
         return run.features(names, split, transform=lambda n, t: pool_states(t, self.pool, self.max_features),
                             transform_id=f"pool={self.pool},max={self.max_features}")
@@ -62,7 +65,7 @@ class LinearProbe(Probe):
         """Every row of one cached array (a layer's vectors, or the labels), in dataset order."""
         return torch.cat([b[name] for b in feats.batches(4096, names=[name])])
 
-    def fit(self, run: Any) -> None:
+    def fit(self, run: RunContext) -> None:
         names = self._layers(run)
         feats = self._features(run, names, "train")
         labels = self._column(feats, "labels")
@@ -86,7 +89,7 @@ class LinearProbe(Probe):
             trainer = Trainer({"linear": clf}, opt, epochs=self.epochs, seed=run.seed, tag=f"linear {name}",
                               checkpoint=run.checkpoint_dir / f"linear-{safe}.pt", progress=run.progress,
                               log=run.debug)
-            from probekit.training import rank_batches
+            from probekit._distributed import rank_batches
 
             n = len(x)
             self.train_losses[name] = trainer.fit(
@@ -95,7 +98,7 @@ class LinearProbe(Probe):
                 sharded=True)
             self.classifiers[name] = clf
 
-    def evaluate(self, run: Any) -> dict[str, Any]:
+    def evaluate(self, run: RunContext) -> dict[str, Any]:
         import matplotlib
 
         matplotlib.use("Agg")

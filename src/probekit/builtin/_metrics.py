@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from probekit.metric import Metric, TorchmetricsMetric
+from probekit._metric import Metric, TorchmetricsMetric
 
 
 def mse() -> Metric:

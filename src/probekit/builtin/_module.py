@@ -5,11 +5,11 @@ from typing import Any
 
 from torch import nn
 
-from probekit.adapter import ModelAdapter
-from probekit.capture import CapturePoint
-from probekit.checkpoint import load_state_dict
-from probekit.errors import SpecError
-from probekit.plugins import resolve
+from probekit._adapter import ModelAdapter
+from probekit._capture import CapturePoint
+from probekit._checkpoint import load_state_dict
+from probekit._errors import SpecError
+from probekit._plugins import resolve
 
 
 class ModuleAdapter(ModelAdapter):

@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import Field
 
+from probekit._spec import ExistingPath, Options
 from probekit.hookspecs import hookimpl
-from probekit.spec import ExistingPath, Options
 
 
 class ModuleOptions(Options):

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from probekit._spec import BATCH_SIZE_HELP, BatchSize, Options
 from probekit.hookspecs import hookimpl
-from probekit.spec import BATCH_SIZE_HELP, BatchSize, Options
 
 
 class LinearProbeOptions(Options):

@@ -10,8 +10,7 @@ from typing import Any
 
 from pydantic import Field
 
-from probekit import hookimpl
-from probekit.spec import Options
+from probekit import Options, hookimpl
 
 
 class NormsOptions(Options):

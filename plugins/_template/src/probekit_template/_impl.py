@@ -4,7 +4,7 @@ from typing import Any
 
 import torch
 
-from probekit import Metric, Probe
+from probekit import Metric, Probe, RunContext
 
 
 class MeanAbsoluteError(Metric):
@@ -33,7 +33,7 @@ class NormsProbe(Probe):
     def __init__(self, layers: list[str]):
         self.layers = layers
 
-    def evaluate(self, run: Any) -> dict[str, Any]:
+    def evaluate(self, run: RunContext) -> dict[str, Any]:
         feats = run.features(self.layers, "test")
         norms = {}
         for name in self.layers:

@@ -23,11 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from probekit.adapter import PIL_INTERPOLATION, ModelAdapter
-from probekit.capture import CapturePoint
-from probekit.checkpoint import load_state_dict
-from probekit.errors import SpecError
-from probekit.hf import load_config
+from probekit import PIL_INTERPOLATION, CapturePoint, ModelAdapter, SpecError, load_state_dict
+from probekit import load_hf_config as load_config
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 #: image size used for the layer shapes when the processor's aspect-keeping resize is used

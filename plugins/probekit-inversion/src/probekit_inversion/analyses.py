@@ -11,12 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probekit.errors import SpecError
+from probekit import RunContext, SpecError
 
 # -- layer correlation ------------------------------------------------------------------------------
 
 
-def correlation(run: Any, probe: Any, test: Any) -> dict[str, Any]:
+def correlation(run: RunContext, probe: Any, test: Any) -> dict[str, Any]:
     """Decode layer j's test states with the chain built for layer k (same shapes); a depth x depth matrix.
 
     Writes ``results_correlation.csv`` (``layer,decoder,metric,value``: ``layer`` whose states are
@@ -96,9 +96,9 @@ def _parse(entry: str) -> tuple[str, dict[str, Any]]:
     return name, {key: parsed}
 
 
-def colour_perturbations(run: Any, options: Any) -> dict[str, Callable[..., torch.Tensor]]:
+def colour_perturbations(run: RunContext, options: Any) -> dict[str, Callable[..., torch.Tensor]]:
     """The perturbations of the colour analysis, from the perturbation registry (clear error when missing)."""
-    from probekit.plugins import get_plugin_manager
+    from probekit import get_plugin_manager
 
     if not get_plugin_manager().names("perturbations"):
         raise SpecError(
@@ -218,7 +218,7 @@ def _coco_masks(options: Any, ds: Any, indices: list[int], hw: tuple[int, int]) 
     return out
 
 
-def colour_masks(run: Any, options: Any, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+def colour_masks(run: RunContext, options: Any, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Test images in [0, 1], their masks (N1HW, bool) and where the masks came from; empty masks skipped."""
     test = run.data.test
     base, indices = _base_dataset(test)
@@ -272,7 +272,7 @@ def colour_masks(run: Any, options: Any, n: int) -> tuple[torch.Tensor, torch.Te
     return torch.stack(images), torch.stack(masks), choice
 
 
-def colour(run: Any, probe: Any) -> dict[str, Any]:
+def colour(run: RunContext, probe: Any) -> dict[str, Any]:
     """Per depth, how much of a colour change in a masked region survives reconstruction.
 
     Metrics (``results_colour.csv``: ``perturbation,layer,metric,value``), inside the mask:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from probekit.spec import BATCH_SIZE_HELP, BatchSize, Options
+from probekit import BATCH_SIZE_HELP, BatchSize, Options
 
 
 class ArchitectureOptions(Options):

@@ -17,10 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probekit.batchsize import resolve_batch_size
-from probekit.errors import SpecError
-from probekit.probe import Probe
-from probekit.training import Trainer, epoch_seed, rank_batches
+from probekit import Probe, RunContext, SpecError, Trainer, epoch_seed, rank_batches, resolve_batch_size
 from probekit_inversion.modules import Arch, InverseChain, InverseModule, Site, build_inverse, n_parameters
 
 #: image metrics used when the spec lists none (lpips added when a plugin registers it)
@@ -111,7 +108,7 @@ class InversionProbe(Probe):
         """Requested layer names in depth order (without the input)."""
         return [s.name for s in self.sites[1:]]
 
-    def plan(self, run: Any) -> None:
+    def plan(self, run: RunContext) -> None:
         """Resolve layers (depth order), the input site and the architecture (with adapters' suggestions)."""
         model = run.model
         layers = model.layers()
@@ -155,7 +152,7 @@ class InversionProbe(Probe):
         self.sites = [input_site] + [Site.of(model.layer(n)) for n in wanted]
         options = {"architecture": self.architecture}
         if self.use_defaults:
-            from probekit.plugins import get_plugin_manager
+            from probekit import get_plugin_manager
 
             suggestions = get_plugin_manager().hook.probekit_probe_defaults(probe="inversion", model=model)
             options = merge_defaults(options, suggestions)
@@ -180,7 +177,7 @@ class InversionProbe(Probe):
             ) from None
         return module.to(device)
 
-    def dry_run(self, run: Any) -> dict[str, Any]:
+    def dry_run(self, run: RunContext) -> dict[str, Any]:
         self.plan(run)
         out = {}
         for i in range(len(self.sites) - 1):
@@ -191,7 +188,7 @@ class InversionProbe(Probe):
         return out
 
     # -- training ------------------------------------------------------------------------
-    def fit(self, run: Any) -> None:
+    def fit(self, run: RunContext) -> None:
         self.plan(run)
         if "colour" in self.analyses:  # fail before training when the perturbations are not installed
             from probekit_inversion.analyses import colour_perturbations
@@ -214,7 +211,7 @@ class InversionProbe(Probe):
     def _variance(self, sample: torch.Tensor) -> float:
         return max(float(sample.float().var()), 1e-12)
 
-    def _trainer(self, run: Any, modules: dict[str, nn.Module], tag: str, file: str) -> Trainer:
+    def _trainer(self, run: RunContext, modules: dict[str, nn.Module], tag: str, file: str) -> Trainer:
         params = [p for m in modules.values() for p in m.parameters()]
         opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         return Trainer(
@@ -228,7 +225,7 @@ class InversionProbe(Probe):
             log=run.debug,
         )
 
-    def _fit_modular(self, run: Any, feats: Any) -> None:
+    def _fit_modular(self, run: RunContext, feats: Any) -> None:
         device = run.device
         steps: list[InverseModule | None] = [None] * (len(self.sites) - 1)
         # chained targets train from the top down, each on the output of the module above it
@@ -278,9 +275,9 @@ class InversionProbe(Probe):
                 predicted = self._predict(run, feats, predicted, source.name, module)
         self.chain = InverseChain([m for m in steps if m is not None]).to(device).eval()
 
-    def _predict(self, run: Any, feats: Any, predicted: Any, source: str, module: nn.Module) -> Any:
+    def _predict(self, run: RunContext, feats: Any, predicted: Any, source: str, module: nn.Module) -> Any:
         """The module's outputs over the training set, cached on disk under the run's checkpoints."""
-        from probekit.cache import FeatureCache, FeatureSet
+        from probekit import FeatureCache, FeatureSet
 
         previous = getattr(predicted, "key", "cached")
         key = hashlib.sha256(f"{state_hash([module])}-{previous}".encode()).hexdigest()[:32]
@@ -298,7 +295,7 @@ class InversionProbe(Probe):
         out.key = key  # type: ignore[attr-defined]
         return out
 
-    def _fit_end_to_end(self, run: Any, feats: Any) -> None:
+    def _fit_end_to_end(self, run: RunContext, feats: Any) -> None:
         device = run.device
         sample_in = self._stats_sample(feats, ["input"])["input"]
         var = self._variance(sample_in)
@@ -353,11 +350,11 @@ class InversionProbe(Probe):
         depth = len(chain.steps)
         return lambda x: chain.reconstruct(x, depth)
 
-    def to_image(self, run: Any, inputs: torch.Tensor) -> torch.Tensor:
+    def to_image(self, run: RunContext, inputs: torch.Tensor) -> torch.Tensor:
         """Model-ready inputs (or reconstructions of them) -> images in [0, 1]."""
         return run.model.postprocess(inputs).clamp(0, 1)
 
-    def metric_set(self, run: Any) -> dict[str, Any]:
+    def metric_set(self, run: RunContext) -> dict[str, Any]:
         """The image metrics: the spec's list, or mse/psnr/ssim (+ lpips when a plugin registers it)."""
         if run.spec.metrics:
             metrics = run.metrics()
@@ -366,7 +363,7 @@ class InversionProbe(Probe):
                     run.log(f"inversion: metric '{name}' does not compare images; left out")
                     metrics.pop(name)
             return metrics
-        from probekit.plugins import get_plugin_manager
+        from probekit import get_plugin_manager
 
         available = set(get_plugin_manager().names("metrics"))
         shape = self.sites[0].shape if self.sites else ()
@@ -392,7 +389,7 @@ class InversionProbe(Probe):
             pred, target = pred.expand(-1, 3, -1, -1), target.expand(-1, 3, -1, -1)
         metric.update(pred.contiguous(), target.contiguous())
 
-    def evaluate(self, run: Any) -> dict[str, Any]:
+    def evaluate(self, run: RunContext) -> dict[str, Any]:
         from probekit_inversion import report
 
         names = self.names

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from probekit import RunContext
+
 
 def _plt() -> Any:
     import matplotlib
@@ -52,7 +54,7 @@ def image_grid(
     return fig
 
 
-def reconstructions_figure(run: Any, images: Mapping[str, torch.Tensor], names: Sequence[str]) -> None:
+def reconstructions_figure(run: RunContext, images: Mapping[str, torch.Tensor], names: Sequence[str]) -> None:
     """figures/reconstructions.png: rows are test images, columns the original then each depth."""
     original = images["original"]
     rows = [[original[r]] + [images[n][r] for n in names] for r in range(len(original))]
@@ -61,7 +63,7 @@ def reconstructions_figure(run: Any, images: Mapping[str, torch.Tensor], names: 
 
 
 def error_vs_depth_figure(
-    run: Any, values: Mapping[str, Mapping[str, float]], names: Sequence[str], mode: str
+    run: RunContext, values: Mapping[str, Mapping[str, float]], names: Sequence[str], mode: str
 ) -> None:
     """figures/error_vs_depth.png: one panel per metric, x = requested layers in depth order."""
     plt = _plt()
@@ -81,7 +83,7 @@ def error_vs_depth_figure(
 
 
 def add_report(
-    run: Any, probe: Any, values: Mapping[str, Mapping[str, float]], module_loss: Mapping[str, float]
+    run: RunContext, probe: Any, values: Mapping[str, Mapping[str, float]], module_loss: Mapping[str, float]
 ) -> None:
     names = probe.names
     metrics = list(values[names[0]]) if names else []

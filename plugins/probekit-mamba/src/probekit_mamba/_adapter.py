@@ -27,9 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from probekit.adapter import ModelAdapter
-from probekit.capture import CapturePoint
-from probekit.errors import SpecError
+from probekit import CapturePoint, ModelAdapter, SpecError
 from probekit_mamba._backends import BACKENDS, build_mamba, get_backend, set_backend
 
 

@@ -39,7 +39,7 @@ the "conv1d removed" model of the length-generalisation study. The conv weights 
 SSM states for capture: every mixer gets two identity submodules, ``mixer.ssm_state`` (called
 with the recurrent state after the sequence: Mamba (batch, d_inner, n); Mamba2
 (batch, heads, head_dim, n)) and ``mixer.ssm_states`` (called with the state after every
-position: (batch, L, ...)). A forward hook on them (what ``probekit.capture`` does) sees the
+position: (batch, L, ...)). A forward hook on them (what ``probekit._capture`` does) sees the
 states. The per-position states are only computed when a hook is registered on
 ``mixer.ssm_states`` (they are L times larger), always by the chunked scan of
 :mod:`probekit_mamba.scan`, whichever backend computes the output.

@@ -19,9 +19,7 @@ from typing import Any
 
 import torch
 
-from probekit.errors import RunError
-from probekit.probe import Probe
-from probekit.training import Trainer, epoch_seed
+from probekit import Probe, RunContext, RunError, Trainer, epoch_seed
 from probekit_mamba._lengthgen_options import LengthGenOptions
 from probekit_mamba._seqmodels import (
     SequenceModel,
@@ -50,7 +48,7 @@ class LengthGeneralizationProbe(Probe):
         self._images: dict[str, torch.Tensor] = {}
 
     # -- data ----------------------------------------------------------------------------
-    def images(self, run: Any, split: str) -> torch.Tensor:
+    def images(self, run: RunContext, split: str) -> torch.Tensor:
         """All images of a split as one (N, C, S, S) tensor in [0, 1]."""
         if split not in self._images:
             if run.data is None:
@@ -72,7 +70,7 @@ class LengthGeneralizationProbe(Probe):
             self._images[split] = images
         return self._images[split]
 
-    def _build(self, run: Any, variant: str, channels: int) -> SequenceModel:
+    def _build(self, run: RunContext, variant: str, channels: int) -> SequenceModel:
         o = self.options
         # the same initial weights for a variant whatever else the spec asks for
         torch.manual_seed(epoch_seed(run.seed, 0, f"init {variant}"))
@@ -85,7 +83,7 @@ class LengthGeneralizationProbe(Probe):
     def _steps(self, n_images: int, batch_size: int) -> int:
         return self.options.steps_per_epoch or max(1, n_images // batch_size)
 
-    def dry_run(self, run: Any) -> dict[str, Any]:
+    def dry_run(self, run: RunContext) -> dict[str, Any]:
         o = self.options
         n = len(run.data.train) if run.data is not None else 0
         steps: int | str = (self._steps(n, o.batch_size) if isinstance(o.batch_size, int)
@@ -105,15 +103,15 @@ class LengthGeneralizationProbe(Probe):
         finally:
             torch.set_num_threads(before)
 
-    def fit(self, run: Any) -> None:
+    def fit(self, run: RunContext) -> None:
         with self._threads():
             self._fit(run)
 
-    def evaluate(self, run: Any) -> dict[str, Any]:
+    def evaluate(self, run: RunContext) -> dict[str, Any]:
         with self._threads():
             return self._evaluate(run)
 
-    def _fit(self, run: Any) -> None:
+    def _fit(self, run: RunContext) -> None:
         o = self.options
         images = self.images(run, "train")
         n, channels, side, _ = images.shape
@@ -155,10 +153,10 @@ class LengthGeneralizationProbe(Probe):
             model.eval()
             self.models[variant] = model
 
-    def _batch_size(self, run: Any, images: torch.Tensor) -> int:
+    def _batch_size(self, run: RunContext, images: torch.Tensor) -> int:
         """``batch_size``, or with ``auto`` the largest batch at which every variant trains at the longest
         training length (one size for all variants: they see identical batches); kept for --resume."""
-        from probekit.batchsize import resolve_batch_size
+        from probekit import resolve_batch_size
 
         o = self.options
         if o.batch_size != "auto":
@@ -194,7 +192,7 @@ class LengthGeneralizationProbe(Probe):
                              centres(qq, p, side).to(device)).cpu())
         return torch.cat(out)
 
-    def eval_set(self, run: Any, images: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def eval_set(self, run: RunContext, images: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Context and query corners for evaluation at ``length``.
 
         Paired across lengths and variants: every image has one random sequence of context
@@ -209,7 +207,7 @@ class LengthGeneralizationProbe(Probe):
         qry = sample_positions(len(images), self.options.queries, side, p, g)
         return ctx[:, :length], qry
 
-    def _evaluate(self, run: Any) -> dict[str, Any]:
+    def _evaluate(self, run: RunContext) -> dict[str, Any]:
         o = self.options
         test = self.images(run, "test")[:o.eval_images]
         a, b = o.train_lengths
@@ -261,7 +259,7 @@ class LengthGeneralizationProbe(Probe):
         return results
 
     # -- figures and report ---------------------------------------------------------------------
-    def _plot_error(self, run: Any, mse: dict[str, dict[int, float]], lengths: list[int],
+    def _plot_error(self, run: RunContext, mse: dict[str, dict[int, float]], lengths: list[int],
                     baseline: float | None) -> None:
         import matplotlib
 
@@ -283,7 +281,7 @@ class LengthGeneralizationProbe(Probe):
         ax.legend(fontsize=8)
         run.save_figure(fig, "error_vs_length.png")
 
-    def _plot_prefixes(self, run: Any, test: torch.Tensor) -> dict[str, dict[str, float]]:
+    def _plot_prefixes(self, run: RunContext, test: torch.Tensor) -> dict[str, dict[str, float]]:
         """Rows: patches seen, then each variant's reconstruction; columns: prefix lengths, original."""
         import matplotlib
 
@@ -343,7 +341,7 @@ class LengthGeneralizationProbe(Probe):
         run.save_figure(fig, "prefix_reconstructions.png")
         return recon_mse
 
-    def _report(self, run: Any, results: dict[str, Any], mse: dict[str, dict[int, float]],
+    def _report(self, run: RunContext, results: dict[str, Any], mse: dict[str, dict[int, float]],
                 lengths: list[int]) -> None:
         a, b = self.options.train_lengths
         head = "| variant | params | " + " | ".join(

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from probekit.spec import BATCH_SIZE_HELP, BatchSize, Options
+from probekit import BATCH_SIZE_HELP, BatchSize, Options
 
 Variant = Literal["mamba", "mamba-length-adaptive", "transformer"]
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from probekit.spec import Options
+from probekit import Options
 
 
 class MambaOptions(Options):

@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from probekit import Options, SpecPath
 from probekit.hookspecs import hookimpl
-from probekit.spec import Options, SpecPath
 
 __version__ = "0.1.0"
 
@@ -115,8 +115,7 @@ class PerturbationSpec(Options):
 
     @model_validator(mode="after")
     def _check(self) -> PerturbationSpec:
-        from probekit.errors import SpecError
-        from probekit.plugins import get_plugin_manager
+        from probekit import SpecError, get_plugin_manager
 
         try:
             entry = get_plugin_manager().get("perturbations", self.type)

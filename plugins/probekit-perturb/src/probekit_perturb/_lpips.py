@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-from probekit.errors import SpecError
-from probekit.metric import Metric
+from probekit import Metric, SpecError
 
 ENV = "PROBEKIT_LPIPS_WEIGHTS"
 #: torchvision architecture behind each lpips net, and the file names its weights usually have

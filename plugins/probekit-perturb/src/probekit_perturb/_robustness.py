@@ -18,8 +18,7 @@ from typing import Any
 
 import torch
 
-from probekit import checkpoint as ckpt
-from probekit.probe import Probe
+from probekit import Probe, RunContext, write_json
 from probekit_perturb import PerturbationSpec
 from probekit_perturb.perturbations import InRegion
 from probekit_perturb.representation import CKA, Cosine, FlipRate, LogitDistance
@@ -66,14 +65,14 @@ class RobustnessProbe(Probe):
         self.attribution = attribution
 
     # -- data -------------------------------------------------------------------------------
-    def _layers(self, run: Any) -> list[str]:
+    def _layers(self, run: RunContext) -> list[str]:
         if self.layer_names == "all":
             return [layer.name for layer in run.model.layers()]
         for name in self.layer_names:
             run.model.layer(name)  # raises with the list of valid names
         return list(self.layer_names)
 
-    def _examples(self, run: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _examples(self, run: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
         dataset = run.data.train if self.split == "train" else run.data.test
         n = len(dataset) if self.limit is None else min(self.limit, len(dataset))
         images, labels = [], []
@@ -82,14 +81,14 @@ class RobustnessProbe(Probe):
             labels.append(torch.as_tensor(y))
         return torch.cat(images), torch.cat(labels)
 
-    def _states(self, run: Any, images: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _states(self, run: RunContext, images: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
         with torch.no_grad():
             output, states = run.model.capture(run.model.preprocess(images.to(run.device)), layers)
         return run.model.logits(output), {k: pool(v, self.pool) for k, v in states.items()}
 
     # -- the probe -------------------------------------------------------------------------------
-    def evaluate(self, run: Any) -> dict[str, Any]:
-        from probekit.registry import create_perturbation
+    def evaluate(self, run: RunContext) -> dict[str, Any]:
+        from probekit import create_perturbation
 
         run.model.model.eval()
         layers = self._layers(run)
@@ -152,7 +151,7 @@ class RobustnessProbe(Probe):
             ]
             if self.attribution is not None:
                 new += self._attribution_rows(run, perturb, label, images, labels)
-            ckpt.write_json(done, new)
+            write_json(done, new)
             rows += new
             summary = ", ".join(
                 f"{r['layer']}/{r['metric']} {r['value']:.3g}"
@@ -166,7 +165,7 @@ class RobustnessProbe(Probe):
         return self._results(rows, len(images))
 
     def _attribution_rows(
-        self, run: Any, perturb: Any, label: str, images: torch.Tensor, labels: torch.Tensor
+        self, run: RunContext, perturb: Any, label: str, images: torch.Tensor, labels: torch.Tensor
     ) -> list[dict[str, Any]]:
         from probekit_perturb.attribution import Attributor, infidelity_score, sensitivity_score
 
@@ -214,7 +213,7 @@ class RobustnessProbe(Probe):
 
     def _figures(
         self,
-        run: Any,
+        run: RunContext,
         rows: list[dict[str, Any]],
         layers: list[str],
         clean: torch.Tensor,
@@ -281,7 +280,7 @@ class RobustnessProbe(Probe):
             "the input, the spec's image metrics between perturbed and clean images.\n\n" + "\n\n".join(sections),
         )
 
-    def _example_grid(self, run: Any, clean: torch.Tensor, shown: dict[str, torch.Tensor], plt: Any) -> None:
+    def _example_grid(self, run: RunContext, clean: torch.Tensor, shown: dict[str, torch.Tensor], plt: Any) -> None:
         rows = [("clean", clean.cpu())] + [(k, v.cpu()) for k, v in shown.items()]
         n = len(clean)
         fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.2, 1.1 * len(rows)), squeeze=False)

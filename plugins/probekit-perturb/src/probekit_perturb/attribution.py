@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from probekit.metric import Metric
+from probekit import Metric
 from probekit_perturb._names import METHODS, method_name
 
 __all__ = [
@@ -350,7 +350,7 @@ class AttributionMetric(Metric):
 
     def bind(self, model: Any) -> AttributionMetric:
         """Attach the model (adapter or ``nn.Module``) whose attributions are scored; returns ``self``."""
-        from probekit.registry import create_perturbation
+        from probekit import create_perturbation
 
         spec = dict(self.perturbation_spec)
         kind = spec.pop("type")

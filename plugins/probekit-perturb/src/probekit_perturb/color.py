@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from probekit.data import luminance as core_luminance
+from probekit import luminance as core_luminance
 
 _EPS = 1e-8
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from probekit.metric import Metric
+from probekit import Metric
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:

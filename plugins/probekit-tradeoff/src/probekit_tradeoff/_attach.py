@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from probekit.cache import FeatureSet
-from probekit.errors import SpecError
+from probekit import FeatureSet, RunContext, SpecError
 
 
 class Attached:
@@ -43,9 +42,9 @@ class Attached:
         self.sets: dict[str, FeatureSet] = {}
 
     @classmethod
-    def build(cls, run: Any, spec: dict[str, Any], train: Any, test: Any) -> Attached:
+    def build(cls, run: RunContext, spec: dict[str, Any], train: Any, test: Any) -> Attached:
         """Build the adapter of ``spec["model"]`` (already validated by its plugin's options model)."""
-        from probekit.plugins import get_plugin_manager
+        from probekit import get_plugin_manager
 
         options = dict(spec["model"])
         type_name = str(options.pop("type"))

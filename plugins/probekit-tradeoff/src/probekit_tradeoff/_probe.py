@@ -11,12 +11,23 @@ from typing import Any
 
 import torch
 
-from probekit import checkpoint as ckpt
-from probekit import distributed
-from probekit.batchsize import resolve_batch_size
-from probekit.errors import RunError, SpecError
-from probekit.probe import Probe
-from probekit.training import Trainer, batches_of, epoch_seed, rank_batches
+from probekit import (
+    Probe,
+    RunContext,
+    RunError,
+    SpecError,
+    Trainer,
+    all_gather,
+    alone,
+    atomic_open,
+    batches_of,
+    epoch_seed,
+    group_size,
+    rank_batches,
+    resolve_batch_size,
+    spread,
+    write_json,
+)
 from probekit_tradeoff._models import TradeoffModel, build_model
 from probekit_tradeoff._routing import routed_losses
 
@@ -83,14 +94,14 @@ class TradeoffProbe(Probe):
     def points(self) -> list[tuple[str, int, float]]:
         return [(f, L, lam) for f in self.families for L in self.latents for lam in self.lambdas]
 
-    def dry_run(self, run: Any) -> dict[str, Any]:
+    def dry_run(self, run: RunContext) -> dict[str, Any]:
         return {
             "points": [point_name(*p) for p in self.points()],
             "epochs": self.epochs,
             "baselines": [f"{k}-L{L}" for k in self.baseline_kinds for L in self.latents],
         }
 
-    def fit(self, run: Any) -> None:
+    def fit(self, run: RunContext) -> None:
         if run.data is None:
             raise SpecError(
                 "the tradeoff probe needs a `data:` section",
@@ -114,7 +125,7 @@ class TradeoffProbe(Probe):
             f"lambda = {self.lambdas}), {self.epochs} epochs each, batch {self.batch_option}"
         )
         self.rows = []
-        if self.distribute == "points" and distributed.group_size() > 1:
+        if self.distribute == "points" and group_size() > 1:
             self.rows = self._spread_points(run, points, train, test)
         else:
             for i, (family, latent, lam) in enumerate(points):
@@ -130,22 +141,22 @@ class TradeoffProbe(Probe):
                     f"test MSE {row['test_mse']:.4f}"
                 )
 
-    def _log_point(self, run: Any, i: int, n: int, row: dict[str, Any]) -> None:
+    def _log_point(self, run: RunContext, i: int, n: int, row: dict[str, Any]) -> None:
         run.log(
             f"tradeoff [{i + 1}/{n}] {row['family']} L={row['latent']} lambda={row['lambda']:g}: accuracy "
             f"{row['accuracy']:.4f}, test MSE {row['test_mse']:.4f}, test CE {row['test_ce']:.4f}"
         )
 
-    def _spread_points(self, run: Any, points: list[tuple[str, int, float]], train: Split,
+    def _spread_points(self, run: RunContext, points: list[tuple[str, int, float]], train: Split,
                        test: Split) -> list[dict[str, Any]]:
         """Each process trains its own sweep points alone (checkpointing them itself); all get all rows."""
         mine = {}
-        with distributed.alone(writable=run.checkpoint_dir):
-            for i, (family, latent, lam) in distributed.spread(points):
+        with alone(writable=run.checkpoint_dir):
+            for i, (family, latent, lam) in spread(points):
                 row = self._point(run, family, latent, lam, train, test)
                 mine[i] = (row, self.recon[point_name(family, latent, lam)])
                 self._log_point(run, i, len(points), row)
-        done = {i: v for part in distributed.all_gather(mine) for i, v in part.items()}
+        done = {i: v for part in all_gather(mine) for i, v in part.items()}
         rows = []
         for i, (family, latent, lam) in enumerate(points):
             row, self.recon[point_name(family, latent, lam)] = done[i]
@@ -155,7 +166,7 @@ class TradeoffProbe(Probe):
         return rows
 
     # -- data ---------------------------------------------------------------------------------------
-    def _load(self, run: Any, dataset: Any) -> Split:
+    def _load(self, run: RunContext, dataset: Any) -> Split:
         images, labels = [], []
         for x, y in run.loader(dataset, batch_size=1024):
             images.append(x.float())
@@ -172,7 +183,7 @@ class TradeoffProbe(Probe):
         return Split(x.to(run.device), torch.cat(labels).to(run.device))
 
     # -- one point ----------------------------------------------------------------------------------
-    def _build(self, run: Any, family: str, latent: int) -> TradeoffModel:
+    def _build(self, run: RunContext, family: str, latent: int) -> TradeoffModel:
         in_shape = self._attached.in_shape if self._attached is not None else self.image_shape
         # the same initial weights for every lambda of a (family, latent): a paired comparison
         torch.manual_seed(epoch_seed(run.seed, 0, f"tradeoff-init {family} L{latent}"))
@@ -192,7 +203,7 @@ class TradeoffProbe(Probe):
         return model.to(run.device)
 
     def _point(
-        self, run: Any, family: str, latent: int, lam: float, train: Split, test: Split
+        self, run: RunContext, family: str, latent: int, lam: float, train: Split, test: Split
     ) -> dict[str, Any]:
         stem = point_name(family, latent, lam)
         result_path = run.checkpoint_dir / f"{stem}.json"
@@ -249,10 +260,10 @@ class TradeoffProbe(Probe):
         from safetensors.torch import save
 
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        with ckpt.atomic_open(run.checkpoint_dir / f"{stem}.safetensors", "wb") as f:
+        with atomic_open(run.checkpoint_dir / f"{stem}.safetensors", "wb") as f:
             f.write(save(state))
         self.recon[stem] = recon
-        ckpt.write_json(
+        write_json(
             result_path, {**row, "config": config, "train_losses": losses, "reconstructions": recon}
         )
         train_ckpt.unlink(missing_ok=True)
@@ -332,7 +343,7 @@ class TradeoffProbe(Probe):
         return accuracy
 
     # -- baselines ------------------------------------------------------------------------------
-    def _baseline(self, run: Any, kind: str, latent: int, train: Split, test: Split) -> dict[str, Any]:
+    def _baseline(self, run: RunContext, kind: str, latent: int, train: Split, test: Split) -> dict[str, Any]:
         from probekit_tradeoff._baselines import baseline
 
         path = run.checkpoint_dir / f"tradeoff-{kind}-L{latent}.json"
@@ -357,11 +368,11 @@ class TradeoffProbe(Probe):
                 f"tradeoff baseline {kind} L={latent}: only {row['components']} components exist "
                 f"(the images have {row['components']} pixels)"
             )
-        ckpt.write_json(path, {**row, "config": config})
+        write_json(path, {**row, "config": config})
         return {k: row[k] for k in COLUMNS}
 
     # -- results ------------------------------------------------------------------------------------
-    def evaluate(self, run: Any) -> dict[str, Any]:
+    def evaluate(self, run: RunContext) -> dict[str, Any]:
         if not self.rows:
             raise RunError("tradeoff: nothing was trained (fit did not run)")
         from probekit_tradeoff._report import figures, report_section, summary

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from probekit import RunContext
+
 MARKERS = ["o", "s", "^", "D", "v", "P"]
 STYLES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1))]
 
@@ -69,7 +71,7 @@ def _latent_colors(latents: list[int]) -> dict[int, Any]:
     return {L: cmap(0.85 * i / n) for i, L in enumerate(sorted(latents))}
 
 
-def figures(run: Any, probe: Any) -> None:
+def figures(run: RunContext, probe: Any) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +159,7 @@ def figures(run: Any, probe: Any) -> None:
     _reconstructions(run, probe, plt)
 
 
-def _reconstructions(run: Any, probe: Any, plt: Any) -> None:
+def _reconstructions(run: RunContext, probe: Any, plt: Any) -> None:
     examples = getattr(probe, "examples", None)
     if examples is None or not len(examples) or not probe.recon:
         return

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from probekit.spec import BATCH_SIZE_HELP, BatchSize, Options
+from probekit import BATCH_SIZE_HELP, BatchSize, Options
 
 #: Model families of the study, each an encoder / mirrored decoder / classifier around one latent.
 FAMILIES: tuple[str, ...] = ("fc-small", "fc-medium", "fc-large", "cnn-small", "cnn-large", "vit-tiny")
@@ -35,9 +35,7 @@ class EncoderOptions(Options):
     @classmethod
     def _model(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """Validate the nested model section with the options model of the plugin that owns its type."""
-        from probekit.errors import SpecError
-        from probekit.plugins import get_plugin_manager
-        from probekit.spec import spec_error_from_validation
+        from probekit import SpecError, get_plugin_manager, spec_error_from_validation
 
         if "type" not in v:
             raise ValueError('needs a `type:` (e.g. `model: {type: module, factory: "pkg.mod:fn"}`)')

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from probekit import ExistingPath, Options
 from probekit.hookspecs import hookimpl
-from probekit.spec import ExistingPath, Options
 
 __version__ = "0.1.0"
 

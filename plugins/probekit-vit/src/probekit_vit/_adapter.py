@@ -22,11 +22,8 @@ from typing import Any
 
 from torch import nn
 
-from probekit.adapter import PIL_INTERPOLATION, ModelAdapter
-from probekit.capture import CapturePoint
-from probekit.checkpoint import load_state_dict
-from probekit.errors import SpecError, did_you_mean
-from probekit.hf import load_config
+from probekit import PIL_INTERPOLATION, CapturePoint, ModelAdapter, SpecError, did_you_mean, load_state_dict
+from probekit import load_hf_config as load_config
 
 _TIMM_INTERP = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest", "area": "area"}
 
