@@ -33,12 +33,20 @@ into chunks of ``chunk_size`` positions:
 
 Sequence lengths that are not a multiple of ``chunk_size`` are padded with positions of decay 1
 and input 0, which leave the state unchanged, and cut off afterwards.
+
+On CPU tensors both functions run the fused C++ kernel of :mod:`probekit_mamba._kernel` when it
+can be built (one pass over the sequence with the states kept in cache, and a hand-written
+backward that recomputes each chunk's states from a checkpoint; ``chunk_size`` is then the
+checkpoint interval). The chunked PyTorch scan above is the fallback: other devices, no C++
+compiler, ``PROBEKIT_MAMBA_KERNEL=0``, or per-position states that need a gradient.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from probekit_mamba import _kernel
 
 __all__ = ["linear_recurrence", "segment_sum", "selective_scan", "ssd_scan"]
 
@@ -132,6 +140,16 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _kernel_ok(tensors: list[torch.Tensor | None], want_states: bool) -> bool:
+    """Whether the fused kernel computes this call (CPU tensors; per-position states only without grad)."""
+    present = [t for t in tensors if t is not None]
+    if any(t.device.type != "cpu" for t in present):
+        return False
+    if want_states and torch.is_grad_enabled() and any(t.requires_grad for t in present):
+        return False
+    return _kernel.available()
+
+
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                    D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                    delta_bias: torch.Tensor | None = None, delta_softplus: bool = False, *,
@@ -152,6 +170,12 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         dt = dt + delta_bias.to(cdt)[..., None]
     if delta_softplus:
         dt = F.softplus(dt)
+    if length > 0 and _kernel_ok([u, delta, A, B, C, D, z, delta_bias], return_states):
+        y, last, *every = _kernel.mamba1_scan(u.to(cdt).transpose(1, 2), dt.transpose(1, 2), A.to(cdt),
+                                              B.to(cdt).transpose(1, 2), C.to(cdt).transpose(1, 2),
+                                              chunk=chunk_size, return_states=return_states)
+        return _finish_mamba1(y.transpose(1, 2), u, D, z, cdt, in_dtype,
+                              [last] * return_last_state + every)
     t = min(chunk_size, max(length, 1))
     pad = _pad_len(length, t)
     nc = (length + pad) // t
@@ -186,20 +210,26 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     #    only built when asked for)
     y = _ReadOut.apply(local_states, from_start, starts, C_c)
     y = y.permute(1, 2, 3, 0).reshape(batch, d, nc * t)[..., :length]
+    extra: list[torch.Tensor] = []
+    if return_last_state:
+        # the padded tail has decay 1 and input 0, so the last padded state is the state after L
+        extra.append(torch.addcmul(local_states[-1, :, :, -1], from_start[-1, :, :, -1], starts[0, :, :, -1]))
+    if return_states:
+        states = torch.addcmul(local_states, from_start, starts)  # (t, b, d, c, n)
+        extra.append(states.permute(1, 3, 0, 2, 4).reshape(batch, nc * t, d, n)[:, :length])
+    return _finish_mamba1(y, u, D, z, cdt, in_dtype, extra)
+
+
+def _finish_mamba1(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+                   cdt: torch.dtype, in_dtype: torch.dtype, extra: list[torch.Tensor],
+                   ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """``y + D u``, gated by ``silu(z)``, and the extra outputs, in the input dtype."""
     if D is not None:
         y = y + u.to(cdt) * D.to(cdt)[None, :, None]
     if z is not None:
         y = y * F.silu(z.to(cdt))
     y = y.to(in_dtype)
-    extra: list[torch.Tensor] = []
-    if return_last_state:
-        # the padded tail has decay 1 and input 0, so the last padded state is the state after L
-        last = torch.addcmul(local_states[-1, :, :, -1], from_start[-1, :, :, -1], starts[0, :, :, -1])
-        extra.append(last.to(in_dtype))
-    if return_states:
-        states = torch.addcmul(local_states, from_start, starts)  # (t, b, d, c, n)
-        every = states.permute(1, 3, 0, 2, 4).reshape(batch, nc * t, d, n)[:, :length]
-        extra.append(every.to(in_dtype))
+    extra = [e.to(in_dtype) for e in extra]
     return (y, *extra) if extra else y
 
 
@@ -224,6 +254,14 @@ def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     if dt_softplus:
         dt = F.softplus(dt)
     dt = torch.clamp(dt, min=dt_limit[0], max=dt_limit[1])
+    if length > 0 and _kernel_ok([x, dt, A, B, C, D, dt_bias, initial_states], return_states):
+        init = initial_states.to(cdt) if initial_states is not None else None
+        y, final, *every = _kernel.mamba2_scan(x.to(cdt), dt, A.to(cdt), B.to(cdt), C.to(cdt), init,
+                                               chunk=chunk_size, return_states=return_states)
+        if D is not None:
+            y = y + x.to(cdt) * D.to(cdt)[:, None]
+        extra = [final] * return_final_states + every
+        return (y.to(x.dtype), *(e.to(x.dtype) for e in extra)) if extra else y.to(x.dtype)
     B = B.to(cdt).repeat_interleave(heads // groups, dim=2)
     C = C.to(cdt).repeat_interleave(heads // groups, dim=2)
     xf = x.to(cdt)
