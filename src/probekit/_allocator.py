@@ -4,8 +4,8 @@ With glibc's default settings, every forward pass that keeps many large activati
 (as capturing every layer does) returns the freed heap top to the OS afterwards and page-faults it
 back in on the next pass. Raising the trim threshold and the mmap threshold keeps that memory in
 the process: on a small CNN this halves the plain forward time on CPU and removes the extra cost of
-capturing every layer (see benchmarks/capture_overhead.py). ``probekit run`` applies it; library
-users can call :func:`tune_allocator` themselves. It does nothing where glibc is not the allocator.
+capturing every layer (see benchmarks/capture_overhead.py). `probekit run` applies it; library
+users can call `tune_allocator` themselves. It does nothing where glibc is not the allocator.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def tune_allocator(trim_threshold: int = 1 << 30, mmap_threshold: int = 32 << 20
     """Keep freed heap memory for reuse instead of returning it to the OS (glibc only).
 
     Returns whether the settings were applied. Memory the process has freed stays reserved up to
-    ``trim_threshold`` bytes, which is what a loop of large forward passes reuses anyway.
+    `trim_threshold` bytes, which is what a loop of large forward passes reuses anyway.
     """
     global _done
     if _done:

@@ -1,18 +1,18 @@
-"""``batch_size: auto``: the largest training batch that fits in memory, chosen once per run.
+"""`batch_size: auto`: the largest training batch that fits in memory, chosen once per run.
 
-Every training probe accepts ``batch_size: auto`` besides a number. The probe
-hands :func:`resolve_batch_size` a function that computes its real loss on the
-first ``b`` training examples; with ``auto`` that loss is tried at several
+Every training probe accepts `batch_size: auto` besides a number. The probe
+hands `resolve_batch_size` a function that computes its real loss on the
+first `b` training examples; with `auto` that loss is tried at several
 batch sizes (forward and backward only: no optimizer step, and parameters,
 gradients, buffers such as batch-norm statistics and the random state are left
-as they were), and the size found is stored in the run's ``checkpoints/`` so
-that ``--resume`` trains on with the same size instead of searching again (the
+as they were), and the size found is stored in the run's `checkpoints/` so
+that `--resume` trains on with the same size instead of searching again (the
 batch size changes the results, and the free memory may differ by then).
 
 How the size is found depends on the device:
 
 - **CUDA**: the step is run at 1, 2, 4, ... examples until
-  ``torch.cuda.OutOfMemoryError``, then bisected between the last size that fit
+  `torch.cuda.OutOfMemoryError`, then bisected between the last size that fit
   and the first that did not. The answer is exact for that step on that GPU at
   that moment (memory for the optimizer state, which the first real step
   creates, is held back during the search).
@@ -20,15 +20,15 @@ How the size is found depends on the device:
   CPU (Linux overcommits memory and its OOM killer ends the process instead),
   so the size is *estimated*: the bytes of tensors that autograd saves for the
   backward pass (the activations, which grow with the batch) are measured at
-  two batch sizes and fitted by a line ``bytes = a * b + c``; the chosen batch
+  two batch sizes and fitted by a line `bytes = a * b + c`; the chosen batch
   is the largest whose predicted activations, plus gradients and optimizer
-  state, fit ``memory_fraction`` of the memory available now (``MemAvailable``
-  of ``/proc/meminfo``, or a cgroup limit if lower; psutil elsewhere). Transient
+  state, fit `memory_fraction` of the memory available now (`MemAvailable`
+  of `/proc/meminfo`, or a cgroup limit if lower; psutil elsewhere). Transient
   buffers of the backward pass and allocator overhead are not measured: the
-  remaining ``1 - memory_fraction`` is the margin for them. Tensors a custom
-  autograd function keeps on ``ctx`` without ``save_for_backward`` are not seen.
+  remaining `1 - memory_fraction` is the margin for them. Tensors a custom
+  autograd function keeps on `ctx` without `save_for_backward` are not seen.
 
-The result is capped at ``maximum`` (the training-set size, or a probe's own
+The result is capped at `maximum` (the training-set size, or a probe's own
 limit). In a distributed run the search gives the size of one process; the
 (global) batch size is that times the number of processes (processes on one
 machine share its memory on the CPU), rank 0 decides and every rank uses its
@@ -116,10 +116,10 @@ class _Held:
 
 def saved_tensor_bytes(trial: Callable[[int], None], batch: int,
                        exclude: Iterable[torch.Tensor] = ()) -> int:
-    """Peak bytes of the tensors autograd saves for backward while ``trial(batch)`` runs.
+    """Peak bytes of the tensors autograd saves for backward while `trial(batch)` runs.
 
     Distinct storages are counted once (views share their base's storage); the storages of
-    ``exclude`` (the parameters, already in memory) are not counted.
+    `exclude` (the parameters, already in memory) are not counted.
     """
     meter = _SavedTensorMeter({t.untyped_storage().data_ptr() for t in exclude})
     with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
@@ -129,7 +129,7 @@ def saved_tensor_bytes(trial: Callable[[int], None], batch: int,
 
 @dataclass(frozen=True)
 class MemoryLine:
-    """Activation memory as a line in the batch size: ``bytes = per_example * b + constant``."""
+    """Activation memory as a line in the batch size: `bytes = per_example * b + constant`."""
 
     per_example: float
     constant: float
@@ -140,7 +140,7 @@ class MemoryLine:
 
 def fit_memory_line(trial: Callable[[int], None], sizes: tuple[int, int],
                     exclude: Iterable[torch.Tensor] = ()) -> MemoryLine:
-    """Measure :func:`saved_tensor_bytes` at two batch sizes and fit ``bytes = a * b + c`` through them."""
+    """Measure `saved_tensor_bytes` at two batch sizes and fit `bytes = a * b + c` through them."""
     b1, b2 = sizes
     if not 1 <= b1 < b2:
         raise ValueError(f"need two batch sizes 1 <= b1 < b2, got {sizes}")
@@ -188,7 +188,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def _largest_fitting(fits: Callable[[int], bool], *, maximum: int, start: int) -> int:
-    """Double from ``start`` until ``fits`` fails (or ``maximum`` fits), then bisect; 0 if none fits."""
+    """Double from `start` until `fits` fails (or `maximum` fits), then bisect; 0 if none fits."""
     good, bad = 0, None
     b = max(1, min(start, maximum))
     while True:
@@ -212,21 +212,21 @@ def find_batch_size(trial: Callable[[int], None], *, maximum: int, device: torch
                     memory_fraction: float = 0.8, fixed_bytes: int = 0,
                     exclude: Iterable[torch.Tensor] = (), available: int | None = None,
                     processes: int = 1, log: Callable[[str], None] | None = None) -> int:
-    """The largest batch size, at most ``maximum``, at which ``trial`` fits in memory.
+    """The largest batch size, at most `maximum`, at which `trial` fits in memory.
 
-    ``trial(b)`` runs one forward and backward step of training on ``b`` examples and changes
+    `trial(b)` runs one forward and backward step of training on `b` examples and changes
     no state that training depends on (the caller resets the gradients; no optimizer step).
 
-    On CUDA the step is tried at ``start``, doubled until ``torch.cuda.OutOfMemoryError`` (caught,
-    then ``torch.cuda.empty_cache()``), and bisected between the last size that fit and the first
-    that did not; ``fixed_bytes`` (optimizer state the real training will add) is held back
+    On CUDA the step is tried at `start`, doubled until `torch.cuda.OutOfMemoryError` (caught,
+    then `torch.cuda.empty_cache()`), and bisected between the last size that fit and the first
+    that did not; `fixed_bytes` (optimizer state the real training will add) is held back
     meanwhile. On other devices the answer is an estimate: the saved-for-backward bytes are
-    measured at two sizes (:func:`fit_memory_line`) and the largest ``b`` with
-    ``a * b + c + fixed_bytes <= memory_fraction * available / processes`` is chosen
-    (``available``: :func:`available_memory` unless given; ``processes``: processes sharing it;
-    ``exclude``: tensors already in memory, e.g. the parameters). See the module's docstring.
+    measured at two sizes (`fit_memory_line`) and the largest `b` with
+    `a * b + c + fixed_bytes <= memory_fraction * available / processes` is chosen
+    (`available`: `available_memory` unless given; `processes`: processes sharing it;
+    `exclude`: tensors already in memory, e.g. the parameters). See the module's docstring.
 
-    ``log`` receives one line saying which size was chosen and why.
+    `log` receives one line saying which size was chosen and why.
     """
     if maximum < 1:
         raise ValueError(f"maximum must be >= 1, got {maximum}")
@@ -242,7 +242,7 @@ def find_batch_size(trial: Callable[[int], None], *, maximum: int, device: torch
 def _find(trial: Callable[[int], None], *, maximum: int, device: torch.device, start: int,
           memory_fraction: float, fixed_bytes: int, exclude: Iterable[torch.Tensor], available: int | None,
           processes: int, limit: str = "the training-set size") -> tuple[int, str]:
-    """The batch size and why it was chosen (``limit`` names what ``maximum`` is)."""
+    """The batch size and why it was chosen (`limit` names what `maximum` is)."""
     if device.type == "cuda":
         size = _search_cuda(trial, maximum=maximum, device=device, start=start, fixed_bytes=fixed_bytes)
         if size >= maximum:
@@ -316,12 +316,12 @@ Loss = Callable[[int], torch.Tensor]
 
 def training_trial(loss: Loss | Sequence[Loss], modules: Iterable[nn.Module], device: torch.device,
                    precision: str | None = None) -> Callable[[int], None]:
-    """``trial(b)``: ``loss(b).backward()`` as the Trainer runs it, leaving no trace.
+    """`trial(b)`: `loss(b).backward()` as the Trainer runs it, leaving no trace.
 
-    ``loss`` may be several losses (e.g. of several models that share one batch size): each is
+    `loss` may be several losses (e.g. of several models that share one batch size): each is
     run and freed in turn, so the batch must fit each of them. The modules' gradients and
     buffers (batch-norm statistics) and the random number generators are restored afterwards;
-    ``precision`` (default: the run's) selects autocast as in the Trainer.
+    `precision` (default: the run's) selects autocast as in the Trainer.
     """
     from probekit._training import autocast, default_precision
 
@@ -361,19 +361,19 @@ def _record_path(run: RunContext, tag: str) -> Any:
 def resolve_batch_size(run: RunContext, tag: str, requested: BatchSizeOption, loss: Loss | Sequence[Loss],
                        *, modules: Iterable[nn.Module], maximum: int, optimizer_slots: int = 2,
                        memory_fraction: float = 0.8) -> int:
-    """A probe's batch size: ``requested`` if a number; for ``"auto"`` the size chosen for ``tag``.
+    """A probe's batch size: `requested` if a number; for `"auto"` the size chosen for `tag`.
 
-    ``loss(b)`` is the probe's real training loss on its first ``b`` training examples (run as
-    the Trainer runs a step, see :func:`training_trial`; several losses when several models
-    share the size); ``modules`` are the modules it trains
-    (their gradients and ``optimizer_slots`` optimizer tensors per parameter, 2 for Adam, count
-    against the memory); ``maximum`` is the training-set size or the probe's own limit.
+    `loss(b)` is the probe's real training loss on its first `b` training examples (run as
+    the Trainer runs a step, see `training_trial`; several losses when several models
+    share the size); `modules` are the modules it trains
+    (their gradients and `optimizer_slots` optimizer tensors per parameter, 2 for Adam, count
+    against the memory); `maximum` is the training-set size or the probe's own limit.
 
-    The first time, the size is searched (:func:`find_batch_size`) and written to
-    ``checkpoints/batch-size-<tag>-<crc>.json``; afterwards (``--resume``) that file is read
+    The first time, the size is searched (`find_batch_size`) and written to
+    `checkpoints/batch-size-<tag>-<crc>.json`; afterwards (`--resume`) that file is read
     instead, so a resumed run trains with the size it started with. The choice goes to the
     run log. In a distributed run rank 0 decides: the search gives one process's size, the
-    (global) batch size returned is that times the number of processes, capped at ``maximum``.
+    (global) batch size returned is that times the number of processes, capped at `maximum`.
     """
     if requested != "auto":
         if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:

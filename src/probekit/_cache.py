@@ -40,7 +40,7 @@ def cache_key(**parts: Any) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$PROBEKIT_CACHE`` or ``~/.cache/probekit``."""
+    """`$PROBEKIT_CACHE` or `~/.cache/probekit`."""
     env = os.environ.get("PROBEKIT_CACHE")
     if env:
         return Path(env)
@@ -48,7 +48,7 @@ def default_cache_dir() -> Path:
 
 
 class CachedArray:
-    """One cached layer: ``len()`` rows of a fixed shape, read by index through memory maps."""
+    """One cached layer: `len()` rows of a fixed shape, read by index through memory maps."""
 
     def __init__(self, folder: Path, *, verify: bool = True):
         self.folder = Path(folder)
@@ -86,7 +86,7 @@ class CachedArray:
         return self._maps[shard][1]
 
     def rows(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
-        """Rows at ``indices`` as a new array of shape ``(len(indices), *shape)``."""
+        """Rows at `indices` as a new array of shape `(len(indices), *shape)`."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.length):
             raise IndexError(f"index out of range for a cache of {self.length} rows")
@@ -129,7 +129,7 @@ class CachedArray:
 
 
 class CorruptCacheError(RuntimeError):
-    """A cache entry is damaged (it is deleted and rebuilt by :meth:`FeatureCache.get`)."""
+    """A cache entry is damaged (it is deleted and rebuilt by `FeatureCache.get`)."""
 
 
 def _sha256(path: Path) -> str:
@@ -219,13 +219,13 @@ class FeatureCache:
     def get(self, keys: Mapping[str, str], compute: Callable[..., Iterator[Mapping[str, Any]]],
             *, dtype: str = "float32", info: Mapping[str, Any] | None = None,
             length: int | None = None) -> dict[str, CachedArray]:
-        """Cached arrays for ``keys`` (name -> cache key), computing the missing ones in one pass.
+        """Cached arrays for `keys` (name -> cache key), computing the missing ones in one pass.
 
-        ``compute(names)`` yields batches as ``{name: array or tensor}`` for the
-        requested names, in dataset order. Given the number of rows ``length``, a
+        `compute(names)` yields batches as `{name: array or tensor}` for the
+        requested names, in dataset order. Given the number of rows `length`, a
         distributed run computes the entries on all ranks together: every rank
-        calls ``compute(names, rows)`` for its own ``range`` of rows and writes
-        those shards (all ranks must call ``get``).
+        calls `compute(names, rows)` for its own `range` of rows and writes
+        those shards (all ranks must call `get`).
         """
         from probekit import _distributed as distributed
 
@@ -265,7 +265,7 @@ class FeatureCache:
 
     def _get_together(self, keys: Mapping[str, str], compute: Callable[..., Iterator[Mapping[str, Any]]],
                       dtype: str, info: Mapping[str, Any], length: int) -> dict[str, CachedArray]:
-        """:meth:`get` on all ranks of a process group, each computing and writing its share of rows."""
+        """`get` on all ranks of a process group, each computing and writing its share of rows."""
         from probekit import _distributed as distributed
 
         rank, world = distributed.rank(), distributed.world_size()
@@ -312,7 +312,7 @@ class FeatureCache:
 
     def _write_part(self, tmp: Path, names: Sequence[str], compute: Callable[..., Iterator[Mapping[str, Any]]],
                     rows: range, rank: int, dtype: str) -> tuple[str, str] | None:
-        """Write this rank's rows of every entry as shards ``r<rank>-shard-*.bin``; None, or an error's
+        """Write this rank's rows of every entry as shards `r<rank>-shard-*.bin`; None, or an error's
         type name and message."""
         try:
             writers = {}
@@ -379,8 +379,8 @@ def _append(writers: Mapping[str, _Writer], batch: Mapping[str, Any]) -> None:
 class FeatureSet:
     """Several cached layers of the same inputs, read together in batches.
 
-    ``batch(indices)`` returns ``{name: tensor}``; iterate an epoch with
-    :meth:`batches`.
+    `batch(indices)` returns `{name: tensor}`; iterate an epoch with
+    `batches`.
     """
 
     def __init__(self, arrays: Mapping[str, CachedArray]):
@@ -414,7 +414,7 @@ class FeatureSet:
     def batches(self, batch_size: int, generator: torch.Generator | None = None,
                 names: Sequence[str] | None = None, device: torch.device | str | None = None
                 ) -> Iterator[dict[str, torch.Tensor]]:
-        """One epoch of batches, shuffled when ``generator`` is given."""
+        """One epoch of batches, shuffled when `generator` is given."""
         from probekit._distributed import batches_of
 
         for idx in batches_of(self.length, batch_size, generator):

@@ -1,7 +1,7 @@
-"""Activation capture with forward hooks, by module path, on any ``nn.Module``.
+"""Activation capture with forward hooks, by module path, on any `nn.Module`.
 
 The model's own forward runs unchanged: hooks only record outputs, so the
-returned output is identical (``torch.equal``) to an un-hooked call. Every hook
+returned output is identical (`torch.equal`) to an un-hooked call. Every hook
 is removed when the call returns, also when the forward raises.
 """
 
@@ -22,13 +22,13 @@ class CapturePoint:
     """Where a layer's state is read.
 
     Attributes:
-        module: dotted module path inside the model (``""`` is the model itself).
+        module: dotted module path inside the model (`""` is the model itself).
         select: how to pick a tensor from the module's output: an index for
-            tuples, a key for dicts / ``ModelOutput``, a callable, or ``None``
+            tuples, a key for dicts / `ModelOutput`, a callable, or `None`
             (the tensor itself, the first tensor of a tuple, or
-            ``last_hidden_state`` / the first tensor value of a dict).
+            `last_hidden_state` / the first tensor value of a dict).
         call: which call to keep when the module runs several times in one
-            forward (``-1``: the last; ``"all"``: every call stacked on dim 1).
+            forward (`-1`: the last; `"all"`: every call stacked on dim 1).
         input: read the module's (first positional) input instead of its output.
     """
 
@@ -65,12 +65,12 @@ def _pick(value: Any, select: Selector) -> torch.Tensor:
 
 
 def has_inplace_ops(model: nn.Module) -> bool:
-    """Whether any submodule modifies tensors in place (``inplace=True``)."""
+    """Whether any submodule modifies tensors in place (`inplace=True`)."""
     return any(getattr(m, "inplace", False) is True for m in model.modules())
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
-    """Call ``model`` on ``inputs``: a tensor, a tuple of positional args, or a dict of keyword args."""
+    """Call `model` on `inputs`: a tensor, a tuple of positional args, or a dict of keyword args."""
     if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, tuple):
@@ -87,16 +87,16 @@ def capture(
     copy: bool | str = "auto",
     forward: Callable[[nn.Module, Any], Any] = call_model,
 ) -> tuple[Any, dict[str, torch.Tensor]]:
-    """Run ``model`` on ``inputs`` once and return ``(output, {name: tensor})``.
+    """Run `model` on `inputs` once and return `(output, {name: tensor})`.
 
     Args:
-        points: layer name -> :class:`CapturePoint` (or a module path string).
+        points: layer name -> `CapturePoint` (or a module path string).
         detach: detach captured tensors from the autograd graph.
-        copy: clone captured tensors; ``"auto"`` clones when the model has
+        copy: clone captured tensors; `"auto"` clones when the model has
             in-place modules, which would otherwise overwrite a captured state.
             A captured tensor changed in place after capture raises an error
             instead of returning a wrong value.
-        forward: how to call the model (default: ``model(inputs)``).
+        forward: how to call the model (default: `model(inputs)`).
     """
     modules = dict(model.named_modules())
     resolved: dict[str, CapturePoint] = {

@@ -17,7 +17,7 @@ _writable_roots: list[Path] = []
 
 
 def set_read_only(root: str | os.PathLike[str] | None) -> None:
-    """Drop writes under ``root`` (the run directory, on distributed ranks other than 0); None clears."""
+    """Drop writes under `root` (the run directory, on distributed ranks other than 0); None clears."""
     _read_only_roots.clear()
     if root is not None:
         _read_only_roots.append(Path(root).resolve())
@@ -29,7 +29,7 @@ def _under(path: Path, roots: list[Path]) -> bool:
 
 @contextmanager
 def writable(root: str | os.PathLike[str] | None) -> Iterator[None]:
-    """Allow writes under ``root`` meanwhile, even inside a read-only root (None: no change)."""
+    """Allow writes under `root` meanwhile, even inside a read-only root (None: no change)."""
     if root is None:
         yield
         return
@@ -42,7 +42,7 @@ def writable(root: str | os.PathLike[str] | None) -> Iterator[None]:
 
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
+    """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
     A reader never sees a half-written file, and a crash leaves the old file.
     """
@@ -91,7 +91,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` atomically. Keep ``obj`` to tensors, numbers, strings, lists and dicts."""
+    """`torch.save` atomically. Keep `obj` to tensors, numbers, strings, lists and dicts."""
     try:
         with atomic_open(path, "wb") as f:
             torch.save(obj, f)
@@ -105,7 +105,7 @@ def save(obj: Any, path: str | os.PathLike[str]) -> None:
 
 
 def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint written by :func:`save` with ``weights_only=True`` (no code runs)."""
+    """Load a checkpoint written by `save` with `weights_only=True` (no code runs)."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -117,11 +117,11 @@ class CorruptCheckpointError(RuntimeError):
 
 
 def load_state_dict(path: str | os.PathLike[str], *, spec_path: str = "model.weights") -> dict[str, torch.Tensor]:
-    """Read model weights safely: safetensors, or ``torch.load(weights_only=True)`` (no code runs).
+    """Read model weights safely: safetensors, or `torch.load(weights_only=True)` (no code runs).
 
-    Unwraps the usual containers (``{"state_dict": ...}``, ``{"model": ...}``, ``{"state_dict_ema": ...}``)
-    and a DistributedDataParallel ``module.`` prefix. Unreadable files raise a SpecError naming
-    ``spec_path``.
+    Unwraps the usual containers (`{"state_dict": ...}`, `{"model": ...}`, `{"state_dict_ema": ...}`)
+    and a DistributedDataParallel `module.` prefix. Unreadable files raise a SpecError naming
+    `spec_path`.
     """
     from probekit._errors import SpecError
 

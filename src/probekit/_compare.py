@@ -1,4 +1,4 @@
-"""``probekit compare``: the metrics of several runs side by side."""
+"""`probekit compare`: the metrics of several runs side by side."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from probekit._report import flatten, fmt
 
 
 def compare(run_dirs: list[Path], output: str | None = None) -> str:
-    """A text table of every numeric result of ``run_dirs``; with ``output``, also CSV and PNG files."""
+    """A text table of every numeric result of `run_dirs`; with `output`, also CSV and PNG files."""
     columns: list[dict[str, object]] = []
     for d in run_dirs:
         path = Path(d) / "metrics.json"

@@ -1,4 +1,4 @@
-"""Dataset sources: what a ``data:`` section of a spec builds."""
+"""Dataset sources: what a `data:` section of a spec builds."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class DataInfo:
 
 @dataclass
 class DataBundle:
-    """Train and test datasets of ``(image, label)`` pairs plus metadata.
+    """Train and test datasets of `(image, label)` pairs plus metadata.
 
     Images are float tensors in [0, 1], CHW, RGB (or one channel).
     """
@@ -40,7 +40,7 @@ class DataBundle:
 
 
 class TensorImageDataset(Dataset):
-    """``(image, label)`` pairs from an image tensor (NCHW, [0, 1]) and a label tensor."""
+    """`(image, label)` pairs from an image tensor (NCHW, [0, 1]) and a label tensor."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None):
         self.images = images
@@ -54,12 +54,12 @@ class TensorImageDataset(Dataset):
 
 
 def luminance(images: torch.Tensor) -> torch.Tensor:
-    """ITU-R BT.601 luma (N, 1, H, W) of RGB images (N, 3, H, W), the weights of PIL's ``convert('L')``."""
+    """ITU-R BT.601 luma (N, 1, H, W) of RGB images (N, 3, H, W), the weights of PIL's `convert('L')`."""
     return 0.299 * images[:, 0:1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3]
 
 
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A deterministic shuffled train/test split of ``range(n)``."""
+    """A deterministic shuffled train/test split of `range(n)`."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
     n_test = max(1, int(round(n * test_fraction)))
@@ -67,7 +67,7 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor
 
 
 def build_data(run: RunContext, section: Any = None, options: Mapping[str, Any] | None = None) -> DataBundle:
-    """The dataset of a data section with ``limit`` / ``test_limit`` applied."""
+    """The dataset of a data section with `limit` / `test_limit` applied."""
     from torch.utils.data import Subset
 
     from probekit._registry import create_dataset

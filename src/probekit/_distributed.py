@@ -1,14 +1,14 @@
 """Data-parallel training with torch.distributed (gloo on CPU, NCCL on GPUs).
 
-Start with ``torchrun --nproc_per_node=N -m probekit run spec.yaml`` or
-``probekit run spec.yaml --nproc N``. Every rank builds the same model and data.
-The :class:`~probekit._training.Trainer` wraps the modules it trains in
-:class:`~torch.nn.parallel.DistributedDataParallel` (DDP); each rank reads its own
-share of every global batch (:class:`DistributedBatchSampler`), weighs its loss by
+Start with `torchrun --nproc_per_node=N -m probekit run spec.yaml` or
+`probekit run spec.yaml --nproc N`. Every rank builds the same model and data.
+The `Trainer` wraps the modules it trains in
+`DistributedDataParallel` (DDP); each rank reads its own
+share of every global batch (`DistributedBatchSampler`), weighs its loss by
 that share, and DDP averages the gradients, so results match a single process with
 the same global batch up to floating-point summation order. The ranks compute the
 feature cache together, each writing the shards of its own rows
-(:meth:`~probekit._cache.FeatureCache.get`); only rank 0 writes the run directory.
+(`get`); only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -37,35 +37,35 @@ def _active() -> bool:
 
 
 def world_size() -> int:
-    """Processes that train together (1 outside a process group or inside :func:`alone`)."""
+    """Processes that train together (1 outside a process group or inside `alone`)."""
     import torch.distributed as dist
 
     return dist.get_world_size() if _active() else 1
 
 
 def rank() -> int:
-    """This process's rank among those that train together (0 inside :func:`alone`)."""
+    """This process's rank among those that train together (0 inside `alone`)."""
     import torch.distributed as dist
 
     return dist.get_rank() if _active() else 0
 
 
 def group_rank() -> int:
-    """This process's rank in the process group, also inside :func:`alone`."""
+    """This process's rank in the process group, also inside `alone`."""
     import torch.distributed as dist
 
     return dist.get_rank() if is_initialized() else 0
 
 
 def group_size() -> int:
-    """The number of processes in the process group, also inside :func:`alone`."""
+    """The number of processes in the process group, also inside `alone`."""
     import torch.distributed as dist
 
     return dist.get_world_size() if is_initialized() else 1
 
 
 def spread(items: Sequence[T]) -> list[tuple[int, T]]:
-    """This process's share of independent jobs (e.g. sweep points): ``(index, item)``, round robin."""
+    """This process's share of independent jobs (e.g. sweep points): `(index, item)`, round robin."""
     return [(i, item) for i, item in enumerate(items) if i % group_size() == group_rank()]
 
 
@@ -73,7 +73,7 @@ def spread(items: Sequence[T]) -> list[tuple[int, T]]:
 def alone(writable: str | os.PathLike[str] | None = None) -> Iterator[None]:
     """Train on this process alone (no DDP, no collectives), e.g. one's own sweep points.
 
-    ``writable`` (a folder inside the run directory, such as its checkpoints) may be written by
+    `writable` (a folder inside the run directory, such as its checkpoints) may be written by
     this rank meanwhile, so that its jobs checkpoint and resume like a single process's.
     """
     global _alone
@@ -109,7 +109,7 @@ def init_from_env(device: torch.device) -> bool:
 
 
 def broadcast(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank (any picklable object)."""
+    """Rank 0's `value` on every rank (any picklable object)."""
     if not _active():
         return value
     import torch.distributed as dist
@@ -120,7 +120,7 @@ def broadcast(value: Any) -> Any:
 
 
 def all_gather(value: Any) -> list[Any]:
-    """Every rank's ``value``, in rank order (any picklable object); also across :func:`alone`."""
+    """Every rank's `value`, in rank order (any picklable object); also across `alone`."""
     if not is_initialized():
         return [value]
     import torch.distributed as dist
@@ -133,14 +133,14 @@ def all_gather(value: Any) -> list[Any]:
 class DistributedBatchSampler(torch.utils.data.Sampler):
     """This process's share of every global batch, as index lists.
 
-    The global batches are those of one process (``randperm(n)`` from the
-    epoch's generator, cut into ``batch_size`` pieces); rank ``r`` of ``N`` gets
-    the ``r``-th of ``N`` near-equal slices of each. Unlike
-    :class:`torch.utils.data.DistributedSampler`, nothing is padded with
-    duplicates or dropped, so ``N`` processes see exactly the examples, in the
+    The global batches are those of one process (`randperm(n)` from the
+    epoch's generator, cut into `batch_size` pieces); rank `r` of `N` gets
+    the `r`-th of `N` near-equal slices of each. Unlike
+    `torch.utils.data.DistributedSampler`, nothing is padded with
+    duplicates or dropped, so `N` processes see exactly the examples, in the
     same batches, that one process sees: use it as
-    ``DataLoader(dataset, batch_sampler=...)``, and weigh each rank's loss by its
-    share of the global batch (the Trainer does, with ``sharded=True``).
+    `DataLoader(dataset, batch_sampler=...)`, and weigh each rank's loss by its
+    share of the global batch (the Trainer does, with `sharded=True`).
     """
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator | None = None, *,
@@ -164,9 +164,9 @@ class DistributedBatchSampler(torch.utils.data.Sampler):
 
 
 def wrap(module: torch.nn.Module, *, find_unused_parameters: bool = False) -> torch.nn.Module:
-    """``module`` in DistributedDataParallel (on its own device), or as is in one process.
+    """`module` in DistributedDataParallel (on its own device), or as is in one process.
 
-    With ``find_unused_parameters`` DDP leaves parameters that no rank used in a step with
+    With `find_unused_parameters` DDP leaves parameters that no rank used in a step with
     grad None, as one process would (it costs a walk over the autograd graph every step).
     """
     if not _active() or not any(p.requires_grad for p in module.parameters()):
@@ -179,7 +179,7 @@ def wrap(module: torch.nn.Module, *, find_unused_parameters: bool = False) -> to
 
 
 def unused_parameters(module: torch.nn.Module, loss: torch.Tensor) -> list[torch.nn.Parameter]:
-    """The trainable parameters of ``module`` that the autograd graph of ``loss`` does not reach."""
+    """The trainable parameters of `module` that the autograd graph of `loss` does not reach."""
     seen, stack, reached = set(), [loss.grad_fn], set()
     while stack:
         fn = stack.pop()
@@ -194,7 +194,7 @@ def unused_parameters(module: torch.nn.Module, loss: torch.Tensor) -> list[torch
 
 
 def shutdown(*, wait: bool = True) -> None:
-    """Leave the process group (a no-op outside one); ``wait`` for the other ranks first.
+    """Leave the process group (a no-op outside one); `wait` for the other ranks first.
 
     Don't wait after an error: the other ranks may never get there.
     """
@@ -252,14 +252,14 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 
 
 def rank_batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """This process's share of each global batch of :func:`batches_of` (all of it in one process).
+    """This process's share of each global batch of `batches_of` (all of it in one process).
 
-    Train with ``Trainer.fit(..., sharded=True)`` so that every process reads only its own examples.
+    Train with `Trainer.fit(..., sharded=True)` so that every process reads only its own examples.
     """
     return DistributedBatchSampler(n, batch_size, generator).tensors()
 
 
 def batches_of(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Index batches over ``range(n)``, shuffled when a generator is given."""
+    """Index batches over `range(n)`, shuffled when a generator is given."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]

@@ -45,7 +45,7 @@ class PluginError(ProbekitError):
 
 
 class RunError(ProbekitError):
-    """A run cannot continue (exit status 1); the run directory is kept for ``--resume``."""
+    """A run cannot continue (exit status 1); the run directory is kept for `--resume`."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

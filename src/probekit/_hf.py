@@ -10,10 +10,10 @@ from probekit._errors import SpecError
 
 def load_config(name: str, *, model_type: str, fix: str, trust_remote_code: bool = False,
                 config_class: Any = None, overrides: dict[str, Any] | None = None) -> Any:
-    """The config of ``name`` (a hub id or a local ``save_pretrained`` directory), checked to be ``model_type``.
+    """The config of `name` (a hub id or a local `save_pretrained` directory), checked to be `model_type`.
 
-    Errors are SpecErrors on ``model.name``: a directory without config.json, a config that cannot be
-    loaded (``fix`` says how to supply it offline), or a model of another type.
+    Errors are SpecErrors on `model.name`: a directory without config.json, a config that cannot be
+    loaded (`fix` says how to supply it offline), or a model of another type.
     """
     if config_class is None:
         from transformers import AutoConfig

@@ -10,8 +10,8 @@ import torch
 class Metric:
     """Base class of metrics.
 
-    ``update(pred, target)`` accumulates a batch, ``compute()`` returns the value
-    over everything seen since the last ``reset()``. Image metrics take images in
+    `update(pred, target)` accumulates a batch, `compute()` returns the value
+    over everything seen since the last `reset()`. Image metrics take images in
     [0, 1], NCHW, before any model normalisation.
     """
 
@@ -35,7 +35,7 @@ class Metric:
 
 
 class TorchmetricsMetric(Metric):
-    """Wraps a ``torchmetrics.Metric`` (which does the maths), moving it to the inputs' device."""
+    """Wraps a `torchmetrics.Metric` (which does the maths), moving it to the inputs' device."""
 
     def __init__(self, metric: Any, name: str, higher_is_better: bool):
         self._metric = metric

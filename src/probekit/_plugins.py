@@ -1,7 +1,7 @@
 """Plugin manager: discovery through entry points, and the registries they fill.
 
-Plugins are loaded from the ``probekit`` entry-point group, plus the core's own
-``probekit.builtin`` plugins. ``PROBEKIT_LOAD_PLUGINS=a,b`` restricts which
+Plugins are loaded from the `probekit` entry-point group, plus the core's own
+`probekit.builtin` plugins. `PROBEKIT_LOAD_PLUGINS=a,b` restricts which
 external plugins load (empty value: none). A plugin that fails to import is
 recorded with its error and the rest keep working.
 """
@@ -48,7 +48,7 @@ BUILTIN_PLUGINS = (
 
 
 def resolve(obj: Any) -> Any:
-    """Import ``"package.module:attr"`` strings; return other objects unchanged."""
+    """Import `"package.module:attr"` strings; return other objects unchanged."""
     if isinstance(obj, str):
         module, _, attr = obj.partition(":")
         target: Any = importlib.import_module(module)
@@ -170,7 +170,7 @@ class PluginManager:
         return sorted(self.registries[kind])
 
     def get(self, kind: str, name: str, *, path: str = "") -> Entry:
-        """The entry of ``name``; an unknown name raises an error listing the installed ones."""
+        """The entry of `name`; an unknown name raises an error listing the installed ones."""
         registry = self.registries[kind]
         if name in registry:
             return registry[name]

@@ -1,4 +1,4 @@
-"""``model.train``: fit a model as a classifier before probing, with weights cached by hash.
+"""`model.train`: fit a model as a classifier before probing, with weights cached by hash.
 
 The cache key covers the model's initial weights, the training options, the data
 and the seed, so the same spec reuses the trained weights and any change retrains.
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def train_classifier(run: RunContext, adapter: ModelAdapter) -> dict[str, float]:
-    """Train ``adapter.model`` on the spec's ``model.train`` settings (or load the cached result)."""
+    """Train `adapter.model` on the spec's `model.train` settings (or load the cached result)."""
     from safetensors.torch import load_file
     from safetensors.torch import save as safetensors_bytes
 

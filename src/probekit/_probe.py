@@ -11,10 +11,10 @@ if TYPE_CHECKING:
 class Probe:
     """Base class of probes.
 
-    A probe is built from its validated spec options (``probe:`` minus ``type``),
-    then the runner calls :meth:`fit` and :meth:`evaluate` with the `RunContext`.
-    Probes checkpoint their own state under ``run.checkpoint_dir`` so that a
-    killed run resumes (``probekit run --resume``), and write their tables and
+    A probe is built from its validated spec options (`probe:` minus `type`),
+    then the runner calls `fit` and `evaluate` with the `RunContext`.
+    Probes checkpoint their own state under `run.checkpoint_dir` so that a
+    killed run resumes (`probekit run --resume`), and write their tables and
     figures into the run directory.
     """
 
@@ -25,9 +25,9 @@ class Probe:
         """Train whatever the probe trains (resuming from its checkpoints)."""
 
     def evaluate(self, run: RunContext) -> dict[str, Any]:
-        """Compute results; the returned dict goes into ``metrics.json``."""
+        """Compute results; the returned dict goes into `metrics.json`."""
         raise NotImplementedError
 
     def dry_run(self, run: RunContext) -> dict[str, Any]:
-        """What :meth:`fit` would do, without doing it (for ``--dry-run``)."""
+        """What `fit` would do, without doing it (for `--dry-run`)."""
         return {}

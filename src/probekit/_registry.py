@@ -1,4 +1,4 @@
-"""``create_*`` functions: build registered types by name, validating their options."""
+"""`create_*` functions: build registered types by name, validating their options."""
 
 from __future__ import annotations
 
@@ -23,27 +23,27 @@ def _build(kind: str, name: str, options: dict[str, Any], **extra: Any) -> Any:
 
 
 def create_model(type: str, **options: Any) -> Any:
-    """A model adapter of a registered type, e.g. ``create_model("module", factory="torchvision.models:resnet18")``."""
+    """A model adapter of a registered type, e.g. `create_model("module", factory="torchvision.models:resnet18")`."""
     return _build("models", type, options)
 
 
 def create_probe(type: str, **options: Any) -> Any:
-    """A probe of a registered type, e.g. ``create_probe("linear", layers=["1", "3"])``."""
+    """A probe of a registered type, e.g. `create_probe("linear", layers=["1", "3"])`."""
     return _build("probes", type, options)
 
 
 def create_metric(type: str, **options: Any) -> Any:
-    """A metric of a registered type, e.g. ``create_metric("psnr")``."""
+    """A metric of a registered type, e.g. `create_metric("psnr")`."""
     return _build("metrics", type, options)
 
 
 def create_dataset(type: str, *, seed: int = 0, **options: Any) -> Any:
-    """A :class:`~probekit._data.DataBundle` from a registered source, e.g. ``create_dataset("digits")``."""
+    """A `DataBundle` from a registered source, e.g. `create_dataset("digits")`."""
     return _build("datasets", type, options, seed=seed)
 
 
 def create_perturbation(type: str, **options: Any) -> Any:
-    """A perturbation callable ``perturb(images, mask=None, generator=None)`` by name."""
+    """A perturbation callable `perturb(images, mask=None, generator=None)` by name."""
     try:
         return _build("perturbations", type, options)
     except SpecError as exc:

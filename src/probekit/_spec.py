@@ -1,8 +1,8 @@
-"""spec.yaml: pydantic models, loading, ``--set`` overrides and validation of type-specific options.
+"""spec.yaml: pydantic models, loading, `--set` overrides and validation of type-specific options.
 
 The core validates the shape of a spec; each section's type-specific options
 are validated by the options model its plugin registered. Every error becomes a
-:class:`~probekit._errors.SpecError` naming the file, the key path, what is wrong
+`SpecError` naming the file, the key path, what is wrong
 and how to fix it.
 """
 
@@ -72,7 +72,7 @@ class Options(BaseModel):
 
 # -- the spec ---------------------------------------------------------------------------
 class _Section(BaseModel):
-    """A spec section: a ``type`` plus options validated by the plugin that owns the type."""
+    """A spec section: a `type` plus options validated by the plugin that owns the type."""
 
     model_config = ConfigDict(extra="allow")
     type: str = Field(description="Registered type name (see `probekit list`).")
@@ -83,7 +83,7 @@ class _Section(BaseModel):
 
 
 class TrainSpec(BaseModel):
-    """Fit the model as a classifier before probing (``model.train``)."""
+    """Fit the model as a classifier before probing (`model.train`)."""
 
     model_config = ConfigDict(extra="forbid")
     data: dict[str, Any] | None = Field(None, description="A data section; default: the run's `data`.")
@@ -95,13 +95,13 @@ class TrainSpec(BaseModel):
 
 
 class ModelSpec(_Section):
-    """``model:``: the model adapter type and its options."""
+    """`model:`: the model adapter type and its options."""
 
     train: TrainSpec | None = Field(None, description="Train the model as a classifier before probing.")
 
 
 class DataSpec(_Section):
-    """``data:``: the dataset source, its options and how much of it to use."""
+    """`data:`: the dataset source, its options and how much of it to use."""
 
     limit: int | None = Field(None, ge=1, description="Use at most this many training examples.")
     test_limit: int | None = Field(None, ge=1, description="Use at most this many test examples.")
@@ -109,11 +109,11 @@ class DataSpec(_Section):
 
 
 class ProbeSpec(_Section):
-    """``probe:``: the probe type and its options."""
+    """`probe:`: the probe type and its options."""
 
 
 class MetricSpec(_Section):
-    """An entry of ``metrics:`` given with options (``{type: lpips, net: alex}``)."""
+    """An entry of `metrics:` given with options (`{type: lpips, net: alex}`)."""
 
 
 class Spec(BaseModel):
@@ -188,7 +188,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``a.b=c`` overrides (values parsed as YAML) to a copy of ``data``."""
+    """Apply `a.b=c` overrides (values parsed as YAML) to a copy of `data`."""
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -299,7 +299,7 @@ def validate_options(kind: str, section: Any, path: str, *, base_dir: Path, file
 
 
 def check_spec(spec: Spec, raw: dict[str, Any], *, path: Path | None = None) -> LoadedSpec:
-    """Validate every section's type-specific options; return a :class:`LoadedSpec`."""
+    """Validate every section's type-specific options; return a `LoadedSpec`."""
     from probekit._plugins import get_plugin_manager
 
     file = str(path) if path is not None else None
@@ -341,7 +341,7 @@ def parse_section(cls: type[_Section], data: Any, path: str, file: str | None) -
 
 
 def load_spec(source: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> LoadedSpec:
-    """Read, override (``a.b=c``) and validate a spec from a file path or a dict."""
+    """Read, override (`a.b=c`) and validate a spec from a file path or a dict."""
     if isinstance(source, Mapping):
         path = None
         raw = dict(source)

@@ -1,6 +1,6 @@
 """A small, resumable training loop shared by every probe that trains something.
 
-Each epoch's data order and randomness derive from ``(seed, epoch)`` alone, and
+Each epoch's data order and randomness derive from `(seed, epoch)` alone, and
 the state after every epoch (modules, optimizer, losses) is checkpointed
 atomically, so a run killed at any point and resumed ends with exactly the
 results of an uninterrupted run.
@@ -30,7 +30,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def set_default_precision(precision: str) -> None:
-    """The precision of Trainers that are not given one (the runner sets the spec's ``precision``)."""
+    """The precision of Trainers that are not given one (the runner sets the spec's `precision`)."""
     global _default_precision
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be fp32, bf16 or fp16, not {precision!r}")
@@ -43,7 +43,7 @@ def default_precision() -> str:
 
 
 def autocast(precision: str, device_type: str) -> Any:
-    """The autocast context of a training ``precision`` (``fp32``: none) on ``device_type``."""
+    """The autocast context of a training `precision` (`fp32`: none) on `device_type`."""
     import contextlib
 
     if precision == "fp32":
@@ -52,7 +52,7 @@ def autocast(precision: str, device_type: str) -> Any:
 
 
 def request_stop() -> None:
-    """Ask every running :class:`Trainer` to checkpoint after its current step and stop."""
+    """Ask every running `Trainer` to checkpoint after its current step and stop."""
     global _stop_requested
     _stop_requested = True
 
@@ -74,19 +74,19 @@ def epoch_seed(seed: int, epoch: int, tag: str = "") -> int:
 
 
 class Trainer:
-    """Runs epochs of ``step(batch) -> loss`` with checkpoint/resume.
+    """Runs epochs of `step(batch) -> loss` with checkpoint/resume.
 
     Args:
         modules: the trainable modules by name (their state is checkpointed).
         optimizer: optimizer over their parameters.
         epochs: number of epochs.
-        checkpoint: file for the state after each epoch (``None``: no checkpoints).
-        seed: base seed; epoch ``e`` runs under ``epoch_seed(seed, e, tag)``.
+        checkpoint: file for the state after each epoch (`None`: no checkpoints).
+        seed: base seed; epoch `e` runs under `epoch_seed(seed, e, tag)`.
         tag: distinguishes several trainers of one run (part of the seed).
-        name: how log lines call this trainer (default: ``tag``); not part of the seed, so that
+        name: how log lines call this trainer (default: `tag`); not part of the seed, so that
             trainers of several variants can share a tag and see identical batches.
-        progress: optional ``progress(iterable, total=, desc=)`` wrapper (``Run.progress``).
-        log: optional ``log(message)``.
+        progress: optional `progress(iterable, total=, desc=)` wrapper (`Run.progress`).
+        log: optional `log(message)`.
         scheduler: optional LR scheduler stepped once per epoch.
     """
 
@@ -161,14 +161,14 @@ class Trainer:
             ) -> list[float]:
         """Train the remaining epochs; return the mean loss of every epoch.
 
-        ``batches(generator)`` yields one epoch of batches, shuffled with
-        ``generator`` (seeded for the epoch). ``step(batch)`` returns the loss
-        to minimise (the mean over the batch); the trainer does ``zero_grad``,
-        ``backward`` and ``step``.
+        `batches(generator)` yields one epoch of batches, shuffled with
+        `generator` (seeded for the epoch). `step(batch)` returns the loss
+        to minimise (the mean over the batch); the trainer does `zero_grad`,
+        `backward` and `step`.
 
         In a distributed run the modules train under DistributedDataParallel.
-        With ``sharded=True`` each process's ``batches`` yields only its own
-        share of every global batch (see :func:`rank_batches`); otherwise every
+        With `sharded=True` each process's `batches` yields only its own
+        share of every global batch (see `rank_batches`); otherwise every
         process yields whole global batches and the trainer splits them (tensors,
         or tuples/dicts of tensors, along the first dimension).
         """
@@ -253,7 +253,7 @@ class Trainer:
             loss.backward()
 
     def _parallel(self, module: _Step, local: Any) -> nn.Module:
-        """``module`` under DDP. One forward pass in eval mode (RNG untouched) finds out whether the step
+        """`module` under DDP. One forward pass in eval mode (RNG untouched) finds out whether the step
         leaves parameters unused; only then does DDP search the graph for them every step."""
         from probekit import _distributed as distributed
 

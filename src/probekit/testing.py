@@ -1,7 +1,7 @@
 """Tiny real models for tests and offline examples (like captum's test models).
 
-They are ordinary ``nn.Module`` factories, usable with the ``module`` adapter:
-``model: {type: module, factory: "probekit.testing:small_cnn"}``.
+They are ordinary `nn.Module` factories, usable with the `module` adapter:
+`model: {type: module, factory: "probekit.testing:small_cnn"}`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> nn.Sequential:
     """A 3-conv CNN classifier for small images (8x8 digits to 28x28 MNIST and up).
 
-    Module paths: ``0`` conv, ``1`` batch norm, ``2`` ReLU, ``3``-``5`` the same again,
-    ``6`` 2x2 max pool, ``7`` conv, ``8`` ReLU, ``9`` global pool, ``10`` flatten, ``11`` linear head.
+    Module paths: `0` conv, `1` batch norm, `2` ReLU, `3`-`5` the same again,
+    `6` 2x2 max pool, `7` conv, `8` ReLU, `9` global pool, `10` flatten, `11` linear head.
     """
     return nn.Sequential(
         nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),

@@ -36,7 +36,7 @@ def pool_states(x: torch.Tensor, pool: str, max_features: int) -> torch.Tensor:
 
 
 class LinearProbe(Probe):
-    """Trains ``nn.Linear`` on each layer's (pooled, standardised) states; reports test accuracy."""
+    """Trains `nn.Linear` on each layer's (pooled, standardised) states; reports test accuracy."""
 
     def __init__(self, layers: list[str] | str, epochs: int = 30, lr: float = 1e-2, batch_size: int = 256,
                  weight_decay: float = 1e-4, pool: str = "auto", max_features: int = 8192):

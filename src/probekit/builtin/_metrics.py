@@ -25,7 +25,7 @@ def ssim(data_range: float = 1.0) -> Metric:
 
 
 class Accuracy(Metric):
-    """Top-1 accuracy; ``pred`` is logits (N, C) or predicted labels (N,)."""
+    """Top-1 accuracy; `pred` is logits (N, C) or predicted labels (N,)."""
 
     name = "accuracy"
     higher_is_better = True

@@ -13,7 +13,7 @@ from probekit._plugins import resolve
 
 
 class ModuleAdapter(ModelAdapter):
-    """Wraps the ``nn.Module`` returned by ``factory(**kwargs)``; layers are module paths."""
+    """Wraps the `nn.Module` returned by `factory(**kwargs)`; layers are module paths."""
 
     type_name = "module"
 

@@ -1,4 +1,4 @@
-"""Built-in model type ``module``: any PyTorch model given as an import path."""
+"""Built-in model type `module`: any PyTorch model given as an import path."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Built-in probe ``linear``: a linear classifier per layer on frozen features."""
+"""Built-in probe `linear`: a linear classifier per layer on frozen features."""
 
 from __future__ import annotations
 

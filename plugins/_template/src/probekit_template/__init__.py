@@ -1,7 +1,7 @@
 """A template probekit plugin: the hook implementations.
 
 Keep this module light: it is imported whenever probekit lists plugins, so the
-heavy parts (torch code) live in ``_impl`` and are named by import strings.
+heavy parts (torch code) live in `_impl` and are named by import strings.
 """
 
 from __future__ import annotations

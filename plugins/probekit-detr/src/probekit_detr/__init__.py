@@ -1,8 +1,8 @@
-"""probekit-detr: the Hugging Face DETR object detector as model type ``detr``.
+"""probekit-detr: the Hugging Face DETR object detector as model type `detr`.
 
-This module is what the ``probekit`` entry point loads: it registers the type and
-its options model only; torch and transformers are imported when a ``detr`` model
-is built (``probekit_detr._adapter``).
+This module is what the `probekit` entry point loads: it registers the type and
+its options model only; torch and transformers are imported when a `detr` model
+is built (`probekit_detr._adapter`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 
 class DetrOptions(Options):
-    """Options of ``model: {type: detr, ...}``."""
+    """Options of `model: {type: detr, ...}`."""
 
     name: str | None = Field(
         None,

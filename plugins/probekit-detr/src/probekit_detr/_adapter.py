@@ -1,16 +1,16 @@
-"""The ``detr`` model adapter: Hugging Face ``DetrForObjectDetection`` with canonical layer names.
+"""The `detr` model adapter: Hugging Face `DetrForObjectDetection` with canonical layer names.
 
-Canonical layers (``E`` encoder layers, ``D`` decoder layers)::
+Canonical layers (`E` encoder layers, `D` decoder layers):
 
     backbone      CNN feature map after DETR's 1x1 input projection, (d_model, h, w)
     encoder.i     output of encoder layer i, (h*w tokens, d_model)
     decoder.i     output of decoder layer i, (num_queries, d_model); the last one, decoder.{D-1}, is the
                   decoder's output after its final LayerNorm (what the heads read; transformers'
-                  ``decoder_hidden_states[-1]``)
+                  `decoder_hidden_states[-1]`)
     head          per object query: the class logits (num_labels + 1, the last is "no object") followed by
                   the 4 box coordinates (cx, cy, w, h in [0, 1]), (num_queries, num_labels + 5)
 
-All states are read by forward hooks on the real model (``head`` from the model's
+All states are read by forward hooks on the real model (`head` from the model's
 own output object); the model's forward runs unchanged.
 """
 
@@ -32,7 +32,7 @@ NOMINAL_IMAGE = (480, 640)
 
 
 def head_state(output: Any) -> torch.Tensor:
-    """``head`` state from a DETR output: class logits and boxes concatenated per query."""
+    """`head` state from a DETR output: class logits and boxes concatenated per query."""
     return torch.cat([output.logits, output.pred_boxes], dim=-1)
 
 
@@ -46,14 +46,14 @@ def _offline_fix(name: str) -> str:
 
 
 class DetrAdapter(ModelAdapter):
-    """A Hugging Face ``DetrForObjectDetection`` with canonical layer names.
+    """A Hugging Face `DetrForObjectDetection` with canonical layer names.
 
     Args:
-        name: hub id or local directory; ``None`` builds a random DETR from ``config``.
-        pretrained: load the checkpoint's weights (default: when ``name`` is given).
+        name: hub id or local directory; `None` builds a random DETR from `config`.
+        pretrained: load the checkpoint's weights (default: when `name` is given).
         weights: a local state dict to load.
-        config: ``DetrConfig`` overrides.
-        size: fixed ``(H, W)`` input size (stretch, no padding); ``None`` follows the image processor
+        config: `DetrConfig` overrides.
+        size: fixed `(H, W)` input size (stretch, no padding); `None` follows the image processor
             (shortest edge / longest edge, aspect ratio kept).
         trust_remote_code: passed to transformers; off unless asked for.
     """
@@ -158,7 +158,7 @@ class DetrAdapter(ModelAdapter):
 
     # -- input transform -------------------------------------------------------------------
     def resize_shape(self, height: int, width: int) -> tuple[int, int]:
-        """The (H, W) an image of ``height`` x ``width`` is resized to."""
+        """The (H, W) an image of `height` x `width` is resized to."""
         if getattr(self, "fixed_size", None) is not None:
             return self.fixed_size
         if self.shortest_edge is None:
@@ -169,7 +169,7 @@ class DetrAdapter(ModelAdapter):
         return int(h), int(w)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] -> ``pixel_values``: resized (to ``size``, or by the processor rule), normalised.
+        """Images in [0, 1] -> `pixel_values`: resized (to `size`, or by the processor rule), normalised.
 
         A batch shares one size, so no padding is needed and the pixel mask is all ones
         (DETR's default when none is passed).
@@ -193,7 +193,7 @@ class DetrAdapter(ModelAdapter):
         return (x - mean) / std
 
     def forward(self, inputs: Any) -> Any:
-        """``model(pixel_values=...)``; a dict of model kwargs (with ``pixel_mask``) is passed through."""
+        """`model(pixel_values=...)`; a dict of model kwargs (with `pixel_mask`) is passed through."""
         if isinstance(inputs, dict):
             return self.model(**inputs)
         return self.model(pixel_values=inputs)

@@ -1,7 +1,7 @@
-"""probekit-inversion: the ``inversion`` probe (modular inverse networks and their analyses).
+"""probekit-inversion: the `inversion` probe (modular inverse networks and their analyses).
 
 This module only registers the probe; torch and the implementation are imported
-when a spec uses it, so ``probekit plugins`` stays fast.
+when a spec uses it, so `probekit plugins` stays fast.
 """
 
 from __future__ import annotations

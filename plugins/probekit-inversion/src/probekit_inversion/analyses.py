@@ -19,8 +19,8 @@ from probekit import RunContext, SpecError
 def correlation(run: RunContext, probe: Any, test: Any) -> dict[str, Any]:
     """Decode layer j's test states with the chain built for layer k (same shapes); a depth x depth matrix.
 
-    Writes ``results_correlation.csv`` (``layer,decoder,metric,value``: ``layer`` whose states are
-    decoded, ``decoder`` whose chain decodes them) and ``figures/correlation.png`` (the MSE matrix).
+    Writes `results_correlation.csv` (`layer,decoder,metric,value`: `layer` whose states are
+    decoded, `decoder` whose chain decodes them) and `figures/correlation.png` (the MSE matrix).
     """
     from probekit_inversion.report import _plt
 
@@ -275,18 +275,18 @@ def colour_masks(run: RunContext, options: Any, n: int) -> tuple[torch.Tensor, t
 def colour(run: RunContext, probe: Any) -> dict[str, Any]:
     """Per depth, how much of a colour change in a masked region survives reconstruction.
 
-    Metrics (``results_colour.csv``: ``perturbation,layer,metric,value``), inside the mask:
+    Metrics (`results_colour.csv`: `perturbation,layer,metric,value`), inside the mask:
 
-    - ``change_kept``: regression slope of the reconstruction's change on the input's change,
+    - `change_kept`: regression slope of the reconstruction's change on the input's change,
       sum(d_rec * d_in) / sum(d_in ** 2) with d = perturbed - clean (1: the whole change survives,
       0: the reconstruction ignores it);
-    - ``hue_error``: circular hue distance (degrees) between the perturbed input and the
+    - `hue_error`: circular hue distance (degrees) between the perturbed input and the
       reconstruction of it, over pixels saturated in both (NaN for grayscale);
-    - ``hue_error_to_original``: the same distance to the clean input (smaller than ``hue_error``
+    - `hue_error_to_original`: the same distance to the clean input (smaller than `hue_error`
       when the reconstruction reverts to the original colour);
-    - ``saturation_error``: mean absolute saturation difference to the perturbed input;
-    - layer ``model``: ``prediction_changed`` (share of top-1 predictions that change) and
-      ``probability_shift`` (mean total-variation distance between the softmax outputs).
+    - `saturation_error`: mean absolute saturation difference to the perturbed input;
+    - layer `model`: `prediction_changed` (share of top-1 predictions that change) and
+      `probability_shift` (mean total-variation distance between the softmax outputs).
     """
     from probekit_inversion.report import _plt, image_grid
 

@@ -1,20 +1,20 @@
 """Inverse modules, chosen from the kinds and shapes of an adjacent pair of layers.
 
-Each inverse module maps the state of layer k (``source``) to the state of layer
-k-1 (``target``), both per-example shapes without the batch dimension:
+Each inverse module maps the state of layer k (`source`) to the state of layer
+k-1 (`target`), both per-example shapes without the batch dimension:
 
 ========================================  ==========================================================
 pair                                      inverse module
 ========================================  ==========================================================
-tokens (N, D) -> tokens (N, D')           :class:`TokenBlocks`: transformer layers of the width D
-token set (N, D) -> token set (M, D')     :class:`QueryDecoder`: M learned queries cross-attending to
+tokens (N, D) -> tokens (N, D')           `TokenBlocks`: transformer layers of the width D
+token set (N, D) -> token set (M, D')     `QueryDecoder`: M learned queries cross-attending to
                                           the N source tokens (the DETR decoder inverse)
-tokens (N, D) -> map (C, h, w), N = h*w   :class:`TokensToMap`: transformer layers, then tokens laid
+tokens (N, D) -> map (C, h, w), N = h*w   `TokensToMap`: transformer layers, then tokens laid
                                           out on the h x w grid (the DETR encoder -> backbone inverse)
-map or patch tokens -> image / map        :class:`ConvUpsampler`: x2 transposed convolutions (the
+map or patch tokens -> image / map        `ConvUpsampler`: x2 transposed convolutions (the
                                           ViT embedding / DETR backbone inverse); patch tokens drop
                                           their prefix (class) tokens and are laid out on the grid
-head outputs / vectors -> anything        :class:`MLPInverse`: an MLP, per token when the head
+head outputs / vectors -> anything        `MLPInverse`: an MLP, per token when the head
                                           outputs are per token (DETR queries), else on the flat state
 ========================================  ==========================================================
 
@@ -53,7 +53,7 @@ class Arch:
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> Arch:
-        """From ``architecture`` options where ``None`` means default."""
+        """From `architecture` options where `None` means default."""
         arch = cls()
         for key, value in (options or {}).items():
             if value is None:
@@ -103,7 +103,7 @@ class Site:
 
 
 def _heads(width: int, wanted: int | None) -> int:
-    """A head count that divides ``width`` (close to ``wanted``, default ``width / 32``)."""
+    """A head count that divides `width` (close to `wanted`, default `width / 32`)."""
     target = wanted or max(1, width // 32)
     for h in sorted(range(1, width + 1), key=lambda h: (abs(h - target), -h)):
         if width % h == 0:
@@ -125,7 +125,7 @@ def _transformer(width: int, arch: Arch, layers: int | None = None) -> nn.Transf
 
 
 class Standardise(nn.Module):
-    """``(x - mean) / std`` with per-channel statistics kept as buffers (broadcast shapes)."""
+    """`(x - mean) / std` with per-channel statistics kept as buffers (broadcast shapes)."""
 
     def __init__(self, shape: Sequence[int]):
         super().__init__()
@@ -151,13 +151,13 @@ def stat_shape(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of a batch of states (channels as in :func:`stat_shape`)."""
+    """Per-channel mean and std of a batch of states (channels as in `stat_shape`)."""
     dims = [0, 2, 3] if x.dim() == 4 else list(range(x.dim() - 1))
     return x.mean(dims), x.std(dims)
 
 
 class InverseModule(nn.Module):
-    """An inverse module: standardise the source, run ``core``, de-standardise to the target's scale."""
+    """An inverse module: standardise the source, run `core`, de-standardise to the target's scale."""
 
     def __init__(self, core: nn.Module, source: Site, target: Site, description: str):
         super().__init__()
@@ -249,7 +249,7 @@ class PatchGrid(nn.Module):
 class ConvUpsampler(nn.Module):
     """Map (C, h, w) -> map or image (C', H, W): x2 transposed convolutions (k=2, s=2), GELU between them.
 
-    The number of stages is ``round(log2(H / h))``; a size that is not reached by
+    The number of stages is `round(log2(H / h))`; a size that is not reached by
     doubling exactly is matched by a final bilinear resize and a 3x3 convolution.
     """
 
@@ -331,7 +331,7 @@ def patch_layout(site: Site, image_hw: tuple[int, int] | None) -> tuple[int, tup
 
 
 def spatial_grid(site: Site, n: int) -> tuple[int, int] | None:
-    """The (h, w) of a map whose flattened positions number ``n``, else ``None``."""
+    """The (h, w) of a map whose flattened positions number `n`, else `None`."""
     if len(site.shape) == 3 and site.shape[1] * site.shape[2] == n:
         return int(site.shape[1]), int(site.shape[2])
     return None
@@ -340,7 +340,7 @@ def spatial_grid(site: Site, n: int) -> tuple[int, int] | None:
 def build_inverse(
     source: Site, target: Site, arch: Arch, image_hw: tuple[int, int] | None = None
 ) -> InverseModule:
-    """The inverse module for the pair ``source`` (layer k) -> ``target`` (layer k-1)."""
+    """The inverse module for the pair `source` (layer k) -> `target` (layer k-1)."""
     s, t = source.shape, target.shape
     core: nn.Module
     if source.is_tokens and len(t) == 2:
@@ -400,10 +400,10 @@ def n_parameters(module: nn.Module) -> int:
 
 
 class InverseChain(nn.Module):
-    """Inverse modules of consecutive pairs, ``modules[i]`` mapping ``sites[i + 1]`` to ``sites[i]``.
+    """Inverse modules of consecutive pairs, `modules[i]` mapping `sites[i + 1]` to `sites[i]`.
 
-    ``sites[0]`` is the model input; :meth:`reconstruct` chains the modules from
-    layer ``sites[k]`` down to the input.
+    `sites[0]` is the model input; `reconstruct` chains the modules from
+    layer `sites[k]` down to the input.
     """
 
     def __init__(self, modules: Sequence[nn.Module]):
@@ -411,7 +411,7 @@ class InverseChain(nn.Module):
         self.steps = nn.ModuleList(modules)
 
     def reconstruct(self, state: torch.Tensor, depth: int, *, stop: int = 0) -> torch.Tensor:
-        """Map a state of layer ``depth`` (1-based index into the requested layers) down to layer ``stop``."""
+        """Map a state of layer `depth` (1-based index into the requested layers) down to layer `stop`."""
         x = state
         for i in range(depth - 1, stop - 1, -1):
             x = self.steps[i](x)

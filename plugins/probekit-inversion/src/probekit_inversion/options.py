@@ -1,4 +1,4 @@
-"""Options of the ``inversion`` probe (pydantic only: importing this module does not import torch)."""
+"""Options of the `inversion` probe (pydantic only: importing this module does not import torch)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from probekit import BATCH_SIZE_HELP, BatchSize, Options
 
 
 class ArchitectureOptions(Options):
-    """Architecture of the inverse modules; ``None`` means an adapter's suggestion or the built-in default."""
+    """Architecture of the inverse modules; `None` means an adapter's suggestion or the built-in default."""
 
     depth: int | None = Field(
         None, ge=1, description="Transformer layers per token inverse module (default 1)."
@@ -74,7 +74,7 @@ class ColourOptions(Options):
 
 
 class InversionOptions(Options):
-    """Options of the ``inversion`` probe."""
+    """Options of the `inversion` probe."""
 
     layers: list[str] | Literal["all"] = Field(
         ..., description="Layers to reconstruct from (depth order is taken from the model), or 'all'."

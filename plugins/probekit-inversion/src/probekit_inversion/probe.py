@@ -1,4 +1,4 @@
-"""The ``inversion`` probe: inverse networks that reconstruct the input from layers of a frozen model.
+"""The `inversion` probe: inverse networks that reconstruct the input from layers of a frozen model.
 
 Modular training (the default) trains one inverse module per adjacent pair of
 requested layers, from hidden states read out of the core's feature cache: the
@@ -31,9 +31,9 @@ STAT_ROWS = 1024
 
 
 def merge_defaults(options: dict[str, Any], suggestions: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
-    """Fill the unset (``None``) architecture options with adapters' suggestions; the spec always wins.
+    """Fill the unset (`None`) architecture options with adapters' suggestions; the spec always wins.
 
-    Suggestions may give architecture keys flat (``{"depth": 2}``) or under ``architecture``.
+    Suggestions may give architecture keys flat (`{"depth": 2}`) or under `architecture`.
     """
     arch = dict(options.get("architecture") or {})
     for suggestion in suggestions:
@@ -55,7 +55,7 @@ def safe_name(name: str) -> str:
 
 
 def state_hash(modules: Sequence[nn.Module]) -> str:
-    """A hash of the weights of ``modules`` (keys derived data on trained modules)."""
+    """A hash of the weights of `modules` (keys derived data on trained modules)."""
     h = hashlib.sha256()
     for m in modules:
         for k, t in m.state_dict().items():
@@ -162,7 +162,7 @@ class InversionProbe(Probe):
             raise SpecError(str(exc), path="probe.architecture", fix="See `probekit schema`.") from None
 
     def build_step(self, i: int, tag: str, device: torch.device, seed: int) -> InverseModule:
-        """A freshly initialised inverse module for pair ``sites[i + 1] -> sites[i]`` (seeded by ``tag``)."""
+        """A freshly initialised inverse module for pair `sites[i + 1] -> sites[i]` (seeded by `tag`)."""
         assert self.arch is not None
         torch.manual_seed(epoch_seed(seed, 0, f"init {tag}"))
         source, target = self.sites[i + 1], self.sites[i]
@@ -341,7 +341,7 @@ class InversionProbe(Probe):
 
     # -- reconstruction --------------------------------------------------------------------
     def decoder_for(self, name: str) -> Any:
-        """``f(states) -> model-ready input`` that decodes states of the shape of layer ``name``."""
+        """`f(states) -> model-ready input` that decodes states of the shape of layer `name`."""
         if self.mode == "modular":
             assert self.chain is not None
             depth = self.names.index(name) + 1

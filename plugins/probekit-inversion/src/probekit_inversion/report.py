@@ -37,7 +37,7 @@ def image_grid(
     row_titles: Sequence[str] | None = None,
     title: str = "",
 ) -> Any:
-    """A figure of images: ``rows[r][c]`` at row r, column c."""
+    """A figure of images: `rows[r][c]` at row r, column c."""
     plt = _plt()
     n_rows, n_cols = len(rows), len(col_titles)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.5 * n_cols + 0.4, 1.5 * n_rows + 0.5), squeeze=False)

@@ -1,9 +1,9 @@
 """probekit-mamba: Mamba / Mamba2 adapters, a fast CPU selective scan, the length-generalisation probe.
 
-This module only registers types with import strings, so that ``probekit plugins`` stays fast:
+This module only registers types with import strings, so that `probekit plugins` stays fast:
 torch and transformers are imported when a type is used.
 
-Public helpers (imported lazily from :mod:`probekit_mamba._backends`, see its docstring)::
+Public helpers (imported lazily from `probekit_mamba._backends`, see its docstring):
 
     build_mamba(config: dict, *, backend="auto", use_conv=True, chunk_size=32, arch=None,
                 head=False) -> transformers MambaModel / Mamba2Model (/ ...ForCausalLM)
@@ -11,7 +11,7 @@ Public helpers (imported lazily from :mod:`probekit_mamba._backends`, see its do
     get_backend(model) -> str | None
     available_backends() -> list[str]
 
-and the scans themselves in :mod:`probekit_mamba.scan` (``selective_scan``, ``ssd_scan``).
+and the scans themselves in `probekit_mamba.scan` (`selective_scan`, `ssd_scan`).
 """
 
 from __future__ import annotations

@@ -1,21 +1,21 @@
-"""The ``mamba`` model adapter: Hugging Face Mamba / Mamba2 with canonical layer names.
+"""The `mamba` model adapter: Hugging Face Mamba / Mamba2 with canonical layer names.
 
-Layers (``N`` = number of blocks):
+Layers (`N` = number of blocks):
 
 ========================  ======  ==============================================================
-``embed``                 tokens  input of the first block: the embeddings (or ``inputs_embeds``)
-``layer.i``               tokens  output of block ``i`` (the residual stream), ``i = 0 .. N-1``
-``layer.i.ssm_state``     state   the mixer's recurrent SSM state after the whole sequence:
+`embed`                 tokens  input of the first block: the embeddings (or `inputs_embeds`)
+`layer.i`               tokens  output of block `i` (the residual stream), `i = 0 .. N-1`
+`layer.i.ssm_state`     state   the mixer's recurrent SSM state after the whole sequence:
                                   Mamba (d_inner, state); Mamba2 (heads, head_dim, state)
-``layer.i.ssm_states``    state   the SSM state after every position: (L, ...) as above
-``norm``                  tokens  the final RMS norm (``norm_f``): the model's last hidden state
-``head``                  logits  ``lm_head`` logits (ForCausalLM models only)
+`layer.i.ssm_states`    state   the SSM state after every position: (L, ...) as above
+`norm`                  tokens  the final RMS norm (`norm_f`): the model's last hidden state
+`head`                  logits  `lm_head` logits (ForCausalLM models only)
 ========================  ======  ==============================================================
 
-``transformers``' ``output_hidden_states`` holds ``layer.0`` .. ``layer.N-1`` then ``norm``
+`transformers`' `output_hidden_states` holds `layer.0` .. `layer.N-1` then `norm`
 (this version does not put the embeddings first). Inputs are model-ready token ids (int,
 (batch, L)), embeddings (float, (batch, L, hidden)) or a dict of keyword arguments; images
-are not this model's natural input, so :meth:`preprocess` / :meth:`postprocess` are the identity.
+are not this model's natural input, so `preprocess` / `postprocess` are the identity.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from probekit_mamba._backends import BACKENDS, build_mamba, get_backend, set_bac
 
 
 class MambaAdapter(ModelAdapter):
-    """A ``transformers`` Mamba / Mamba2 model (``.model``) with a selectable scan backend.
+    """A `transformers` Mamba / Mamba2 model (`.model`) with a selectable scan backend.
 
-    Options are those of :class:`probekit_mamba.options.MambaOptions`. From Python, ``model=``
-    wraps an existing Mamba / Mamba2 model instead (e.g. one from :func:`probekit_mamba.build_mamba`).
+    Options are those of `probekit_mamba.options.MambaOptions`. From Python, `model=`
+    wraps an existing Mamba / Mamba2 model instead (e.g. one from `probekit_mamba.build_mamba`).
     """
 
     type_name = "mamba"
@@ -102,7 +102,7 @@ class MambaAdapter(ModelAdapter):
     # -- layers ------------------------------------------------------------------------------
     @property
     def backbone(self) -> nn.Module:
-        """The ``MambaModel`` / ``Mamba2Model`` (the model itself, or its ``backbone``)."""
+        """The `MambaModel` / `Mamba2Model` (the model itself, or its `backbone`)."""
         return getattr(self.model, "backbone", self.model)
 
     def _prefix(self) -> str:
@@ -135,9 +135,9 @@ class MambaAdapter(ModelAdapter):
 
     # -- inputs --------------------------------------------------------------------------------
     def forward(self, inputs: Any) -> Any:
-        """Call the model: int tensors are ``input_ids``, float tensors ``inputs_embeds``, dicts keyword args.
+        """Call the model: int tensors are `input_ids`, float tensors `inputs_embeds`, dicts keyword args.
 
-        ``use_cache=False`` unless the inputs say otherwise (a probe does not generate).
+        `use_cache=False` unless the inputs say otherwise (a probe does not generate).
         """
         if isinstance(inputs, Mapping):
             kwargs = dict(inputs)
@@ -162,7 +162,7 @@ class MambaAdapter(ModelAdapter):
         return inputs
 
     def postprocess(self, inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """Identity (see :meth:`preprocess`)."""
+        """Identity (see `preprocess`)."""
         return inputs
 
     def describe_preprocessing(self) -> dict[str, Any]:
@@ -171,7 +171,7 @@ class MambaAdapter(ModelAdapter):
                 "use_conv": mixer._probekit_use_conv}
 
     def set_backend(self, backend: str) -> MambaAdapter:
-        """Switch the scan backend of the wrapped model (see :func:`probekit_mamba.set_backend`)."""
+        """Switch the scan backend of the wrapped model (see `probekit_mamba.set_backend`)."""
         set_backend(self.model, backend)
         self.backend = get_backend(self.model) or backend
         return self

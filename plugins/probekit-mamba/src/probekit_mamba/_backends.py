@@ -1,6 +1,6 @@
-"""Scan backends for the real ``transformers`` Mamba / Mamba2 models, and a builder.
+"""Scan backends for the real `transformers` Mamba / Mamba2 models, and a builder.
 
-Public functions (also importable as ``probekit_mamba.build_mamba`` etc.)::
+Public functions (also importable as `probekit_mamba.build_mamba` etc.):
 
     build_mamba(config: dict | PretrainedConfig, *, backend="auto", use_conv=True,
                 chunk_size=32, arch=None, head=False) -> MambaModel | Mamba2Model | ...ForCausalLM
@@ -10,39 +10,39 @@ Public functions (also importable as ``probekit_mamba.build_mamba`` etc.)::
     available_backends() -> list[str]
     resolve_backend(backend: str, device: torch.device | str = "cpu") -> str
 
-``set_backend`` works on any module that contains ``transformers``' ``MambaMixer`` or
-``Mamba2Mixer`` instances (a ``MambaModel``, a ``MambaForCausalLM`` or a model that embeds one):
-it replaces the ``forward`` of every mixer *instance* with one that runs the library's own
+`set_backend` works on any module that contains `transformers`' `MambaMixer` or
+`Mamba2Mixer` instances (a `MambaModel`, a `MambaForCausalLM` or a model that embeds one):
+it replaces the `forward` of every mixer *instance* with one that runs the library's own
 projections, convolution, gate and norm, and only swaps the selective scan. The model keeps its
-class, parameters and ``state_dict``; ``save_pretrained`` / ``from_pretrained`` are unchanged.
+class, parameters and `state_dict`; `save_pretrained` / `from_pretrained` are unchanged.
 
 Backends:
 
-``cpu-scan``
-    :func:`probekit_mamba.scan.selective_scan` / :func:`~probekit_mamba.scan.ssd_scan`: a chunked
+`cpu-scan`
+    `probekit_mamba.scan.selective_scan` / `ssd_scan`: a chunked
     scan in plain PyTorch with autograd (any device; fast on CPUs).
-``cuda``
-    mamba-ssm's kernels (``selective_scan_fn``, ``mamba_chunk_scan_combined``) and causal-conv1d
-    when installed; CUDA tensors only (``pip install probekit-mamba[cuda]``).
-``reference``
-    ``transformers``' own pure-PyTorch path (the sequential scan for Mamba, the chunked torch scan
+`cuda`
+    mamba-ssm's kernels (`selective_scan_fn`, `mamba_chunk_scan_combined`) and causal-conv1d
+    when installed; CUDA tensors only (`pip install probekit-mamba[cuda]`).
+`reference`
+    `transformers`' own pure-PyTorch path (the sequential scan for Mamba, the chunked torch scan
     for Mamba2), also when mamba-ssm is installed. Slow; kept for equality checks.
-``auto``
-    ``cuda`` for CUDA tensors when mamba-ssm is importable, else ``cpu-scan``; decided at every
+`auto`
+    `cuda` for CUDA tensors when mamba-ssm is importable, else `cpu-scan`; decided at every
     forward from the device of the inputs.
 
-``use_conv=False`` bypasses the mixer's depthwise ``conv1d`` (identity; the SiLU after it stays),
+`use_conv=False` bypasses the mixer's depthwise `conv1d` (identity; the SiLU after it stays),
 the "conv1d removed" model of the length-generalisation study. The conv weights stay in the model
 (unused) so that checkpoints keep the library's layout; the choice is recorded in
-``model.config.probekit_use_conv`` and saved with ``save_pretrained``.
+`model.config.probekit_use_conv` and saved with `save_pretrained`.
 
-SSM states for capture: every mixer gets two identity submodules, ``mixer.ssm_state`` (called
+SSM states for capture: every mixer gets two identity submodules, `mixer.ssm_state` (called
 with the recurrent state after the sequence: Mamba (batch, d_inner, n); Mamba2
-(batch, heads, head_dim, n)) and ``mixer.ssm_states`` (called with the state after every
-position: (batch, L, ...)). A forward hook on them (what ``probekit._capture`` does) sees the
+(batch, heads, head_dim, n)) and `mixer.ssm_states` (called with the state after every
+position: (batch, L, ...)). A forward hook on them (what `probekit._capture` does) sees the
 states. The per-position states are only computed when a hook is registered on
-``mixer.ssm_states`` (they are L times larger), always by the chunked scan of
-:mod:`probekit_mamba.scan`, whichever backend computes the output.
+`mixer.ssm_states` (they are L times larger), always by the chunked scan of
+`probekit_mamba.scan`, whichever backend computes the output.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ __all__ = ["BACKENDS", "available_backends", "build_mamba", "get_backend", "mamb
 # -- what is installed -------------------------------------------------------------------------
 @functools.cache
 def _mamba_ssm() -> Any:
-    """mamba-ssm's scan functions, or ``None`` when it cannot be imported."""
+    """mamba-ssm's scan functions, or `None` when it cannot be imported."""
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
@@ -84,7 +84,7 @@ def mamba_ssm_available() -> bool:
 
 
 def available_backends() -> list[str]:
-    """Backends usable in this environment (``cuda`` only with mamba-ssm and a CUDA device)."""
+    """Backends usable in this environment (`cuda` only with mamba-ssm and a CUDA device)."""
     names = ["cpu-scan", "reference"]
     if mamba_ssm_available() and torch.cuda.is_available():
         names.insert(0, "cuda")
@@ -92,7 +92,7 @@ def available_backends() -> list[str]:
 
 
 def resolve_backend(backend: str, device: torch.device | str = "cpu") -> str:
-    """The concrete backend ``auto`` stands for on ``device`` (other names are checked and returned)."""
+    """The concrete backend `auto` stands for on `device` (other names are checked and returned)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown Mamba backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
@@ -120,8 +120,8 @@ def _lib(version: int) -> types.ModuleType:
 def _torch_path(fn: Any) -> Any:
     """The library's pure-PyTorch function under its kernel-dispatching wrapper.
 
-    ``transformers`` wraps e.g. ``mamba_selective_scan`` so that it calls mamba-ssm when that is
-    installed; ``functools.wraps`` keeps the torch function as ``__wrapped__``.
+    `transformers` wraps e.g. `mamba_selective_scan` so that it calls mamba-ssm when that is
+    installed; `functools.wraps` keeps the torch function as `__wrapped__`.
     """
     return inspect.unwrap(fn)
 
@@ -129,7 +129,7 @@ def _torch_path(fn: Any) -> Any:
 def _conv(self: Any, version: int, x: torch.Tensor, conv_state: Any, cache: Any, seq_len: int, kernels: bool,
           kwargs: dict[str, Any]) -> torch.Tensor:
     """The mixer's depthwise causal convolution and activation (or only the activation without conv1d),
-    as transformers' Mamba (``version`` 1) and Mamba2 (2) forwards compute them."""
+    as transformers' Mamba (`version` 1) and Mamba2 (2) forwards compute them."""
     if not self._probekit_use_conv:
         return self.act(x)
     if conv_state is not None and seq_len == 1 and not cache.is_recording_past(self.layer_idx):
@@ -168,7 +168,7 @@ def _device_backend(mixer: nn.Module, device: torch.device) -> str:
 # -- Mamba (v1) mixer forward ----------------------------------------------------------------------
 def _mamba_forward(self: nn.Module, hidden_states: torch.Tensor, cache: Any = None,
                    attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-    """``MambaMixer.forward`` of transformers with the scan taken from the chosen backend."""
+    """`MambaMixer.forward` of transformers with the scan taken from the chosen backend."""
     lib = _lib(1)
     backend = _device_backend(self, hidden_states.device)
     kernels = backend == "cuda"
@@ -238,7 +238,7 @@ def _mamba_forward(self: nn.Module, hidden_states: torch.Tensor, cache: Any = No
 # -- Mamba2 mixer forward ------------------------------------------------------------------------------
 def _mamba2_forward(self: nn.Module, hidden_states: torch.Tensor, cache: Any = None,
                     attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-    """``Mamba2Mixer.forward`` of transformers with the scan taken from the chosen backend."""
+    """`Mamba2Mixer.forward` of transformers with the scan taken from the chosen backend."""
     lib = _lib(2)
     backend = _device_backend(self, hidden_states.device)
     kernels = backend == "cuda"
@@ -329,13 +329,13 @@ def _mixers(model: nn.Module) -> list[tuple[nn.Module, int]]:
 
 def set_backend(model: nn.Module, backend: str, *, use_conv: bool | None = None,
                 chunk_size: int | None = None) -> nn.Module:
-    """Make every Mamba / Mamba2 mixer in ``model`` scan with ``backend``; returns ``model``.
+    """Make every Mamba / Mamba2 mixer in `model` scan with `backend`; returns `model`.
 
     Args:
-        backend: ``auto``, ``cuda``, ``cpu-scan`` or ``reference`` (see the module docstring).
-        use_conv: ``False`` bypasses the depthwise conv1d (identity; the activation stays).
-            ``None`` keeps the current choice (first call: ``model.config.probekit_use_conv``, else True).
-        chunk_size: chunk length of the ``cpu-scan`` (``None``: keep, first call: 32).
+        backend: `auto`, `cuda`, `cpu-scan` or `reference` (see the module docstring).
+        use_conv: `False` bypasses the depthwise conv1d (identity; the activation stays).
+            `None` keeps the current choice (first call: `model.config.probekit_use_conv`, else True).
+        chunk_size: chunk length of the `cpu-scan` (`None`: keep, first call: 32).
     """
     resolve_backend(backend)  # validates the name
     if backend == "cuda" and not mamba_ssm_available():
@@ -368,7 +368,7 @@ def set_backend(model: nn.Module, backend: str, *, use_conv: bool | None = None,
 
 
 def get_backend(model: nn.Module) -> str | None:
-    """The backend installed on ``model``'s mixers (``None`` if :func:`set_backend` was never called)."""
+    """The backend installed on `model`'s mixers (`None` if `set_backend` was never called)."""
     names = {getattr(m, "_probekit_backend", None) for m, _ in _mixers(model)}
     if len(names) > 1:
         raise ValueError(f"the mixers of this model use different backends: {sorted(map(str, names))}")
@@ -399,23 +399,23 @@ def _make_config(config: Any, arch: str | None) -> Any:
 
 def build_mamba(config: dict[str, Any] | Any, *, backend: str = "auto", use_conv: bool = True,
                 chunk_size: int = DEFAULT_CHUNK, arch: str | None = None, head: bool = False) -> nn.Module:
-    """A freshly initialised ``transformers`` Mamba model with a scan backend installed.
+    """A freshly initialised `transformers` Mamba model with a scan backend installed.
 
     Args:
         config: the library's config fields as a dict (e.g. ``{"hidden_size": 16,
             "num_hidden_layers": 8, "state_size": 8, "expand": 2, "vocab_size": 1}``;
-            ``"model_type": "mamba2"`` selects Mamba2), or a ``MambaConfig`` / ``Mamba2Config``.
-        backend: see :func:`set_backend`; ``auto`` is ``cpu-scan`` unless the model runs on a GPU
+            `"model_type": "mamba2"` selects Mamba2), or a `MambaConfig` / `Mamba2Config`.
+        backend: see `set_backend`; `auto` is `cpu-scan` unless the model runs on a GPU
             with mamba-ssm installed.
-        use_conv: ``False`` removes the depthwise conv1d from the computation (the study's model).
-        chunk_size: chunk length of the ``cpu-scan`` backend.
-        arch: ``"mamba"`` or ``"mamba2"`` (default: the dict's ``model_type``, else ``"mamba"``).
-        head: return ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` (with ``lm_head``) instead of the
-            bare ``MambaModel`` / ``Mamba2Model``.
+        use_conv: `False` removes the depthwise conv1d from the computation (the study's model).
+        chunk_size: chunk length of the `cpu-scan` backend.
+        arch: `"mamba"` or `"mamba2"` (default: the dict's `model_type`, else `"mamba"`).
+        head: return `MambaForCausalLM` / `Mamba2ForCausalLM` (with `lm_head`) instead of the
+            bare `MambaModel` / `Mamba2Model`.
 
     Returns:
-        The real ``transformers`` model (e.g. ``MambaModel``); call it with ``input_ids`` or
-        ``inputs_embeds`` as usual.
+        The real `transformers` model (e.g. `MambaModel`); call it with `input_ids` or
+        `inputs_embeds` as usual.
     """
     from transformers import Mamba2ForCausalLM, Mamba2Model, MambaForCausalLM, MambaModel
 

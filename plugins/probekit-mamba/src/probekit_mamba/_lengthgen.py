@@ -1,13 +1,13 @@
-"""The ``length-generalization`` probe: image reconstruction from L random patches.
+"""The `length-generalization` probe: image reconstruction from L random patches.
 
 The study's task (experiments.md, section 3): each image becomes a sequence of L patch
 tokens at random positions, a delimiter and Q query tokens; a causal sequence model
 predicts the patches at the query positions (MSE). Models are trained with one L per
-batch drawn from ``train_lengths = [a, b]`` and evaluated at lengths across and beyond
-that range. The token layout is documented in :mod:`probekit_mamba._seqmodels`.
+batch drawn from `train_lengths = [a, b]` and evaluated at lengths across and beyond
+that range. The token layout is documented in `probekit_mamba._seqmodels`.
 
-Outputs: ``results.csv`` (``variant,length,mse``), ``figures/error_vs_length.png``,
-``figures/prefix_reconstructions.png`` and the headline numbers in ``metrics.json``.
+Outputs: `results.csv` (`variant,length,mse`), `figures/error_vs_length.png`,
+`figures/prefix_reconstructions.png` and the headline numbers in `metrics.json`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ TRAIN_TAG = "length-generalization"  # one tag for every variant: they see ident
 
 
 class LengthGeneralizationProbe(Probe):
-    """Trains each variant on lengths ``[a, b]``; measures reconstruction MSE per context length."""
+    """Trains each variant on lengths `[a, b]`; measures reconstruction MSE per context length."""
 
     needs_model = False
 
@@ -154,7 +154,7 @@ class LengthGeneralizationProbe(Probe):
             self.models[variant] = model
 
     def _batch_size(self, run: RunContext, images: torch.Tensor) -> int:
-        """``batch_size``, or with ``auto`` the largest batch at which every variant trains at the longest
+        """`batch_size`, or with `auto` the largest batch at which every variant trains at the longest
         training length (one size for all variants: they see identical batches); kept for --resume."""
         from probekit import resolve_batch_size
 
@@ -193,7 +193,7 @@ class LengthGeneralizationProbe(Probe):
         return torch.cat(out)
 
     def eval_set(self, run: RunContext, images: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context and query corners for evaluation at ``length``.
+        """Context and query corners for evaluation at `length`.
 
         Paired across lengths and variants: every image has one random sequence of context
         positions and one set of queries; length L uses the first L positions. So the MSE at two

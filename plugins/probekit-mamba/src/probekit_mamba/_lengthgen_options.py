@@ -1,4 +1,4 @@
-"""Spec options of the ``length-generalization`` probe (light: no torch import)."""
+"""Spec options of the `length-generalization` probe (light: no torch import)."""
 
 from __future__ import annotations
 

@@ -1,25 +1,25 @@
 """Sequence models and the token layout of the length-generalisation probe.
 
-An image becomes one sequence (``d = d_model``)::
+An image becomes one sequence (`d = d_model`):
 
     [length token]  c_1 ... c_L  <delim>  q_1 ... q_Q
      (adaptive only)   context            queries
 
-* context token ``c_i`` = ``[conv(patch_i) (d - 2 values), x_i, y_i]``: the p x p patch
-  at a random position goes through one ``Conv2d(C, d - 2, kernel_size=p)`` (a learned
-  linear patch embedding), and ``(x_i, y_i)`` is the patch centre (column, row) mapped to
-  (-1, 1) as ``2 * centre / side - 1``. The study used centre / 100 on 128-pixel images
+* context token `c_i` = `[conv(patch_i) (d - 2 values), x_i, y_i]`: the p x p patch
+  at a random position goes through one `Conv2d(C, d - 2, kernel_size=p)` (a learned
+  linear patch embedding), and `(x_i, y_i)` is the patch centre (column, row) mapped to
+  (-1, 1) as `2 * centre / side - 1`. The study used centre / 100 on 128-pixel images
   (0 to 1.28); centred coordinates train much faster at small scale (the input norms of
   both models are scale invariant, so an off-centre coordinate pair is a weak signal).
-* ``<delim>`` is one learned vector.
-* query token ``q_j`` = ``[conv(0) (d - 2 values), x_j, y_j]``: an all-zero patch through the
+* `<delim>` is one learned vector.
+* query token `q_j` = `[conv(0) (d - 2 values), x_j, y_j]`: an all-zero patch through the
   same embedding (so its values are the conv's bias) and the centre of the patch to predict.
-  The model's output at each query token goes through a ``Linear(d, C * p * p)`` head: the
+  The model's output at each query token goes through a `Linear(d, C * p * p)` head: the
   predicted patch; the loss is the MSE against the true patch.
-* ``mamba-length-adaptive`` prepends a length token ``Linear(1, d)(L / 100)`` (L = number of
-  context patches), and optionally (``dt_scaling``) shifts every Mamba layer's step
-  ``dt = softplus(W x + b)`` to ``softplus(W x + b - gamma * log(L / 100))`` with a learned
-  per-channel ``gamma`` (initialised to 1), i.e. ``dt ~ dt_0 * (100 / L) ** gamma`` while dt is small.
+* `mamba-length-adaptive` prepends a length token `Linear(1, d)(L / 100)` (L = number of
+  context patches), and optionally (`dt_scaling`) shifts every Mamba layer's step
+  `dt = softplus(W x + b)` to `softplus(W x + b - gamma * log(L / 100))` with a learned
+  per-channel `gamma` (initialised to 1), i.e. `dt ~ dt_0 * (100 / L) ** gamma` while dt is small.
 
 Every model is causal, so the queries only see the context before them; the transformer
 baseline gets positional information only from the coordinates in the tokens.
@@ -40,14 +40,14 @@ LENGTH_SCALE = 100.0  # the length token is Linear(L / 100), as in the study
 
 # -- patches and positions ------------------------------------------------------------------
 def sample_positions(n: int, k: int, side: int, patch: int, generator: torch.Generator) -> torch.Tensor:
-    """``(n, k, 2)`` random top-left corners ``(row, col)`` of ``patch`` x ``patch`` patches
+    """`(n, k, 2)` random top-left corners `(row, col)` of `patch` x `patch` patches
     (drawn with replacement)."""
     return torch.randint(0, side - patch + 1, (n, k, 2), generator=generator)
 
 
 def grid_positions(side: int, patch: int) -> torch.Tensor:
-    """``(K, 2)`` top-left corners of patches tiling a ``side`` x ``side`` image (the last row/column
-    is moved inwards when ``side`` is not a multiple of ``patch``, so tiles then overlap a little)."""
+    """`(K, 2)` top-left corners of patches tiling a `side` x `side` image (the last row/column
+    is moved inwards when `side` is not a multiple of `patch`, so tiles then overlap a little)."""
     starts = list(range(0, side - patch + 1, patch))
     if starts[-1] != side - patch:
         starts.append(side - patch)
@@ -56,7 +56,7 @@ def grid_positions(side: int, patch: int) -> torch.Tensor:
 
 
 def extract_patches(images: torch.Tensor, tops: torch.Tensor, patch: int) -> torch.Tensor:
-    """Patches of ``images`` (N, C, H, W) at top-left corners ``tops`` (N, K, 2) -> (N, K, C, p, p)."""
+    """Patches of `images` (N, C, H, W) at top-left corners `tops` (N, K, 2) -> (N, K, C, p, p)."""
     n, c, h, w = images.shape
     rows = tops[..., 0, None, None] + torch.arange(patch).view(1, 1, patch, 1)  # (N, K, p, 1)
     cols = tops[..., 1, None, None] + torch.arange(patch).view(1, 1, 1, patch)  # (N, K, 1, p)
@@ -66,13 +66,13 @@ def extract_patches(images: torch.Tensor, tops: torch.Tensor, patch: int) -> tor
 
 
 def centres(tops: torch.Tensor, patch: int, side: int) -> torch.Tensor:
-    """Patch centres ``(x, y)`` = (column, row) mapped to (-1, 1): ``2 * centre / side - 1``."""
+    """Patch centres `(x, y)` = (column, row) mapped to (-1, 1): `2 * centre / side - 1`."""
     c = tops.float() + patch / 2.0
     return torch.stack([c[..., 1], c[..., 0]], -1) * (2.0 / side) - 1.0
 
 
 def paste_patches(patches: torch.Tensor, tops: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average patches (K, C, p, p) at ``tops`` (K, 2) into an image; returns (image, coverage count)."""
+    """Average patches (K, C, p, p) at `tops` (K, 2) into an image; returns (image, coverage count)."""
     k, c, p, _ = patches.shape
     img = torch.zeros(c, side, side)
     count = torch.zeros(1, side, side)
@@ -132,11 +132,11 @@ class SequenceModel(nn.Module):
 
 
 class _DtLengthShift(nn.Module):
-    """Parametrisation of a Mamba layer's ``dt_proj.bias``: ``b - gamma * log(L / 100)``.
+    """Parametrisation of a Mamba layer's `dt_proj.bias`: `b - gamma * log(L / 100)`.
 
-    The mixer adds this bias to its step before the softplus, so the shift scales ``dt``
-    by about ``(100 / L) ** gamma`` while ``dt`` is small (softplus(y) ~ exp(y) for y << 0).
-    ``log_length`` is set by :class:`MambaSequenceModel` before each forward (one L per batch).
+    The mixer adds this bias to its step before the softplus, so the shift scales `dt`
+    by about `(100 / L) ** gamma` while `dt` is small (softplus(y) ~ exp(y) for y << 0).
+    `log_length` is set by `MambaSequenceModel` before each forward (one L per batch).
     """
 
     def __init__(self, channels: int):
@@ -150,9 +150,9 @@ class _DtLengthShift(nn.Module):
 
 def build_mamba_backbone(d_model: int, n_layers: int, state_size: int, expand: int, *, use_conv: bool,
                          backend: str = "auto") -> nn.Module:
-    """A ``transformers`` ``MambaModel`` built by the plugin's :func:`probekit_mamba.build_mamba`
-    (its fast chunked CPU scan; ``use_conv=False`` bypasses conv1d). Its token ``embeddings``
-    are unused: the sequence is given as ``inputs_embeds``."""
+    """A `transformers` `MambaModel` built by the plugin's `probekit_mamba.build_mamba`
+    (its fast chunked CPU scan; `use_conv=False` bypasses conv1d). Its token `embeddings`
+    are unused: the sequence is given as `inputs_embeds`."""
     from probekit_mamba._backends import build_mamba
 
     config = {"hidden_size": d_model, "num_hidden_layers": n_layers, "state_size": state_size,
@@ -161,7 +161,7 @@ def build_mamba_backbone(d_model: int, n_layers: int, state_size: int, expand: i
 
 
 class MambaSequenceModel(SequenceModel):
-    """``mamba`` / ``mamba-length-adaptive``: a real ``transformers`` ``MambaModel`` backbone."""
+    """`mamba` / `mamba-length-adaptive`: a real `transformers` `MambaModel` backbone."""
 
     def __init__(self, channels: int, patch: int, d_model: int, n_layers: int, *, state_size: int = 8,
                  expand: int = 2, use_conv: bool = False, length_adaptive: bool = False,
@@ -191,8 +191,8 @@ class MambaSequenceModel(SequenceModel):
 
 
 class TransformerSequenceModel(SequenceModel):
-    """``transformer``: pre-norm causal ``nn.TransformerEncoder``, no positional encoding
-    beyond the coordinates in the tokens; feed-forward width ``2 * d_model`` so that its size
+    """`transformer`: pre-norm causal `nn.TransformerEncoder`, no positional encoding
+    beyond the coordinates in the tokens; feed-forward width `2 * d_model` so that its size
     is close to the Mamba model's."""
 
     def __init__(self, channels: int, patch: int, d_model: int, n_layers: int, *, heads: int = 2):
@@ -213,7 +213,7 @@ class TransformerSequenceModel(SequenceModel):
 def build_sequence_model(variant: str, *, channels: int, patch: int, d_model: int, n_layers: int,
                          state_size: int = 8, expand: int = 2, use_conv: bool = False,
                          dt_scaling: bool = False, heads: int = 2, backend: str = "auto") -> SequenceModel:
-    """One of :data:`VARIANTS`."""
+    """One of `VARIANTS`."""
     if variant == "transformer":
         return TransformerSequenceModel(channels, patch, d_model, n_layers, heads=heads)
     if variant in ("mamba", "mamba-length-adaptive"):

@@ -1,4 +1,4 @@
-"""Options of the ``mamba`` model type (validated before anything heavy is imported)."""
+"""Options of the `mamba` model type (validated before anything heavy is imported)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from probekit import Options
 
 
 class MambaOptions(Options):
-    """``model: {type: mamba, ...}``: a Hugging Face Mamba / Mamba2 model and its scan backend."""
+    """`model: {type: mamba, ...}`: a Hugging Face Mamba / Mamba2 model and its scan backend."""
 
     name: str | None = Field(None, description="Hub id (e.g. state-spaces/mamba-130m-hf; needs the network "
                                                "or the local HF cache) or a local directory written by "

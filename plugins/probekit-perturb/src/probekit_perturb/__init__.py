@@ -2,11 +2,11 @@
 
 This module only registers types with the core (pydantic options models, import
 strings); torch, lpips and captum are imported when a type is used, so that
-``probekit plugins`` stays fast. The Python API lives in the submodules:
-:mod:`probekit_perturb.perturbations`, :mod:`probekit_perturb.color`,
-:mod:`probekit_perturb.representation` (``linear_cka``),
-:mod:`probekit_perturb.attribution` (``Attributor``, ``infidelity_score``,
-``sensitivity_score``) and ``probekit_perturb._lpips`` (``build_lpips``).
+`probekit plugins` stays fast. The Python API lives in the submodules:
+`probekit_perturb.perturbations`, `probekit_perturb.color`,
+`probekit_perturb.representation` (`linear_cka`),
+`probekit_perturb.attribution` (`Attributor`, `infidelity_score`,
+`sensitivity_score`) and `probekit_perturb._lpips` (`build_lpips`).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class LogitDistanceOptions(Options):
 
 
 class PerturbationSpec(Options):
-    """A registered perturbation as ``{type: noise, std: 0.05}`` (options validated by its owner)."""
+    """A registered perturbation as `{type: noise, std: 0.05}` (options validated by its owner)."""
 
     model_config = Options.model_config | {"extra": "allow"}
     type: str = Field(..., description="Registered perturbation name (`probekit list perturbations`).")

@@ -1,9 +1,9 @@
-"""The ``lpips`` metric: the ``lpips`` package's LPIPS with its backbone loaded from a local file.
+"""The `lpips` metric: the `lpips` package's LPIPS with its backbone loaded from a local file.
 
-``lpips.LPIPS(net=...)`` normally downloads the torchvision ImageNet backbone at
-construction. Offline, we build it with ``pnet_rand=True`` (no download) and copy
+`lpips.LPIPS(net=...)` normally downloads the torchvision ImageNet backbone at
+construction. Offline, we build it with `pnet_rand=True` (no download) and copy
 the backbone weights from a torchvision state dict on disk; the calibrated linear
-layers come from the ``lpips`` package itself, as usual.
+layers come from the `lpips` package itself, as usual.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ BACKBONES: dict[str, tuple[str, str]] = {
 
 
 def torchvision_file_name(net: str) -> str:
-    """The file name torchvision gives the ImageNet weights of ``net``'s backbone."""
+    """The file name torchvision gives the ImageNet weights of `net`'s backbone."""
     import torchvision.models as tvm
 
     enum = getattr(tvm, BACKBONES[net][1])
@@ -49,8 +49,8 @@ def _missing_message(net: str, tried: list[str]) -> str:
 
 
 def find_weights(net: str, weights: str | Path | None = None) -> Path | None:
-    """The backbone weight file for ``net``: ``weights``, else ``$PROBEKIT_LPIPS_WEIGHTS``, else torch hub's
-    cache; ``None`` when there is none. A given path that does not exist is an error."""
+    """The backbone weight file for `net`: `weights`, else `$PROBEKIT_LPIPS_WEIGHTS`, else torch hub's
+    cache; `None` when there is none. A given path that does not exist is an error."""
     arch = BACKBONES[net][0]
     if weights is not None:
         path = Path(weights).expanduser()
@@ -97,7 +97,7 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_backbone(loss_fn: Any, path: Path, net: str) -> None:
-    """Copy torchvision ``features.*`` weights from ``path`` into the slices of an ``lpips.LPIPS``."""
+    """Copy torchvision `features.*` weights from `path` into the slices of an `lpips.LPIPS`."""
     state = _load_state_dict(path)
     if not any(k.startswith("features.") for k in state):  # a bare Sequential's state dict
         state = {f"features.{k}": v for k, v in state.items()}
@@ -129,10 +129,10 @@ def load_backbone(loss_fn: Any, path: Path, net: str) -> None:
 
 
 def build_lpips(net: str = "alex", weights: str | Path | None = None, download: bool = False) -> Any:
-    """An ``lpips.LPIPS`` in eval mode with ImageNet backbone weights, built without network access.
+    """An `lpips.LPIPS` in eval mode with ImageNet backbone weights, built without network access.
 
-    Weight lookup: ``weights``, then ``$PROBEKIT_LPIPS_WEIGHTS``, then torch hub's cache; with
-    ``download=True`` torchvision fetches the file into that cache when none is found.
+    Weight lookup: `weights`, then `$PROBEKIT_LPIPS_WEIGHTS`, then torch hub's cache; with
+    `download=True` torchvision fetches the file into that cache when none is found.
     """
     import lpips
 
@@ -165,7 +165,7 @@ def build_lpips(net: str = "alex", weights: str | Path | None = None, download: 
 class LPIPSMetric(Metric):
     """Mean LPIPS distance between predictions and targets (images in [0, 1], NCHW); lower is closer.
 
-    One-channel images are repeated to RGB; images are scaled to [-1, 1] for ``lpips``.
+    One-channel images are repeated to RGB; images are scaled to [-1, 1] for `lpips`.
     """
 
     name = "lpips"

@@ -16,7 +16,7 @@ _ALIASES = {
 
 
 def method_name(name: str) -> str:
-    """The canonical name of an attribution method (accepts ``_`` for ``-`` and a few aliases)."""
+    """The canonical name of an attribution method (accepts `_` for `-` and a few aliases)."""
     key = _ALIASES.get(name, name.replace("_", "-"))
     if key not in METHODS:
         raise ValueError(f"unknown attribution method '{name}'; use one of {', '.join(METHODS)}")

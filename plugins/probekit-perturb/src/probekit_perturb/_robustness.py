@@ -1,14 +1,14 @@
-"""The ``robustness`` probe: how far each layer's representation and the output move under perturbations.
+"""The `robustness` probe: how far each layer's representation and the output move under perturbations.
 
 For each perturbation, the same examples are run clean and perturbed through the
 frozen model; per layer the clean and perturbed states are compared (linear CKA,
 cosine), at the output the predictions (flip rate, logit distance). The spec's
-``metrics:`` (e.g. ``lpips``, ``ssim``) measure how large each perturbation is in
-image space (layer ``input``). With ``attribution:``, captum's infidelity and
+`metrics:` (e.g. `lpips`, `ssim`) measure how large each perturbation is in
+image space (layer `input`). With `attribution:`, captum's infidelity and
 sensitivity_max of an attribution method are scored under each perturbation.
-Everything goes into ``results.csv`` (``perturbation,layer,metric,value``), one
-heatmap per metric in ``figures/`` and a report section. Each perturbation's
-results are checkpointed, so ``--resume`` continues after the last finished one.
+Everything goes into `results.csv` (`perturbation,layer,metric,value`), one
+heatmap per metric in `figures/` and a report section. Each perturbation's
+results are checkpointed, so `--resume` continues after the last finished one.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def pool(x: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class RobustnessProbe(Probe):
-    """Options: see :class:`probekit_perturb.RobustnessOptions`."""
+    """Options: see `probekit_perturb.RobustnessOptions`."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """Attribution methods and their quality metrics, all from captum, on any probekit model adapter.
 
 Attributions are taken with respect to the images in [0, 1] (before the adapter's
-normalisation), so they live in the same space as the perturbations::
+normalisation), so they live in the same space as the perturbations:
 
     from probekit_perturb.attribution import Attributor, infidelity_score, sensitivity_score
     attributor = Attributor(adapter, "integrated-gradients")
@@ -9,9 +9,9 @@ normalisation), so they live in the same space as the perturbations::
     inf = infidelity_score(attributor, images, labels, create_perturbation("noise", std=0.05))
     sens = sensitivity_score(attributor, images, labels, create_perturbation("noise", std=0.02))
 
-Methods: ``integrated-gradients``, ``saliency``, ``gradient-x-input``, ``occlusion``
-and ``grad-cam`` (captum's ``LayerGradCam`` on a layer named by the adapter; token
-layers of ViTs are laid out on their patch grid first, see :func:`token_grid`).
+Methods: `integrated-gradients`, `saliency`, `gradient-x-input`, `occlusion`
+and `grad-cam` (captum's `LayerGradCam` on a layer named by the adapter; token
+layers of ViTs are laid out on their patch grid first, see `token_grid`).
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ __all__ = [
 
 
 def token_grid(num_tokens: int, meta: dict[str, Any] | None = None) -> tuple[int, int, int]:
-    """``(prefix, h, w)``: how a token sequence splits into leading tokens (class, registers) and a grid.
+    """`(prefix, h, w)`: how a token sequence splits into leading tokens (class, registers) and a grid.
 
-    Uses the layer's meta (``grid`` / ``patch_grid`` / ``grid_size`` and ``prefix_tokens`` /
-    ``num_prefix_tokens``) when the adapter gives them, else the fewest leading tokens that
+    Uses the layer's meta (`grid` / `patch_grid` / `grid_size` and `prefix_tokens` /
+    `num_prefix_tokens`) when the adapter gives them, else the fewest leading tokens that
     leave a square number of patches (197 -> 1 + 14 x 14).
     """
     meta = meta or {}
@@ -71,7 +71,7 @@ class _Grid(nn.Module):
 
 @contextmanager
 def _tokens_as_grid(module: nn.Module, grid_module: _Grid, layout: tuple[int, int, int], select: Any) -> Iterator[None]:
-    """Route a token layer's output through ``grid_module`` as a (N, D, h, w) map; values are unchanged."""
+    """Route a token layer's output through `grid_module` as a (N, D, h, w) map; values are unchanged."""
     k, h, w = layout
 
     def reshape(t: torch.Tensor) -> torch.Tensor:
@@ -100,12 +100,12 @@ def _tokens_as_grid(module: nn.Module, grid_module: _Grid, layout: tuple[int, in
 
 
 class Attributor:
-    """One captum attribution method bound to a model adapter (or a plain ``nn.Module`` classifier).
+    """One captum attribution method bound to a model adapter (or a plain `nn.Module` classifier).
 
     Args:
-        model: a :class:`probekit.ModelAdapter`, or an ``nn.Module`` mapping images to logits.
-        method: one of :data:`METHODS`.
-        layer: the adapter's layer name, for ``grad-cam``.
+        model: a `probekit.ModelAdapter`, or an `nn.Module` mapping images to logits.
+        method: one of `METHODS`.
+        layer: the adapter's layer name, for `grad-cam`.
         n_steps: integral steps of integrated gradients.
         baseline: the constant image integrated gradients and occlusion start from.
         abs: saliency returns absolute gradients (captum's default) or signed ones.
@@ -189,7 +189,7 @@ class Attributor:
         )
 
     def attribute(self, images: torch.Tensor, target: torch.Tensor | int | None = None) -> torch.Tensor:
-        """Attributions of ``target`` (class indices) to ``images`` (N, C, H, W), same shape as the images."""
+        """Attributions of `target` (class indices) to `images` (N, C, H, W), same shape as the images."""
         return self._attribute(images, target).detach()
 
     def _attribute(self, images: torch.Tensor, target: Any) -> torch.Tensor:
@@ -231,7 +231,7 @@ class Attributor:
         return cam.expand(-1, images.shape[1], -1, -1).contiguous()
 
     def explanation_func(self) -> Callable[..., Any]:
-        """``f(inputs, target=...) -> attributions`` for captum's ``sensitivity_max``."""
+        """`f(inputs, target=...) -> attributions` for captum's `sensitivity_max`."""
 
         def explain(inputs: Any, target: Any = None) -> Any:
             # captum hands the clean inputs over as a one-tuple and expects a tuple back
@@ -263,11 +263,11 @@ def infidelity_score(
     attributions: torch.Tensor | None = None,
     max_examples_per_batch: int | None = None,
 ) -> torch.Tensor:
-    """captum's ``infidelity`` per example (N,): E[(I . attr - (f(x) - f(x - I)))^2], I from ``perturbation``.
+    """captum's `infidelity` per example (N,): E[(I . attr - (f(x) - f(x - I)))^2], I from `perturbation`.
 
     For global attributions (integrated gradients, gradient x input) captum divides the
-    perturbation by ``x - baseline``, so an exact attribution has infidelity 0 wherever
-    ``x != baseline``.
+    perturbation by `x - baseline`, so an exact attribution has infidelity 0 wherever
+    `x != baseline`.
     """
     from captum.metrics import infidelity, infidelity_perturb_func_decorator
 
@@ -300,8 +300,8 @@ def sensitivity_score(
     generator: torch.Generator | None = None,
     max_examples_per_batch: int | None = None,
 ) -> torch.Tensor:
-    """captum's ``sensitivity_max`` per example (N,): max over perturbed inputs of ||attr(x') - attr(x)|| /
-    ||attr(x)||, with x' from ``perturbation``."""
+    """captum's `sensitivity_max` per example (N,): max over perturbed inputs of ||attr(x') - attr(x)|| /
+    ||attr(x)||, with x' from `perturbation`."""
     from captum.metrics import sensitivity_max
 
     def perturb(inputs: torch.Tensor) -> torch.Tensor:
@@ -318,13 +318,13 @@ def sensitivity_score(
 
 
 class AttributionMetric(Metric):
-    """Base of the model-bound metrics ``infidelity`` and ``sensitivity``.
+    """Base of the model-bound metrics `infidelity` and `sensitivity`.
 
     They score an attribution method of a model, so unlike image metrics they must be
-    bound to a model first: ``metric.bind(adapter)``; then ``update(images, labels)``
-    takes images in [0, 1] and the classes to explain, and ``compute()`` is the mean
+    bound to a model first: `metric.bind(adapter)`; then `update(images, labels)`
+    takes images in [0, 1] and the classes to explain, and `compute()` is the mean
     over all examples seen. The perturbation is a registered one, given as
-    ``{"type": "noise", "std": 0.05}``.
+    `{"type": "noise", "std": 0.05}`.
     """
 
     score: Callable[..., torch.Tensor]
@@ -349,7 +349,7 @@ class AttributionMetric(Metric):
         self.reset()
 
     def bind(self, model: Any) -> AttributionMetric:
-        """Attach the model (adapter or ``nn.Module``) whose attributions are scored; returns ``self``."""
+        """Attach the model (adapter or `nn.Module`) whose attributions are scored; returns `self`."""
         from probekit import create_perturbation
 
         spec = dict(self.perturbation_spec)
@@ -370,7 +370,7 @@ class AttributionMetric(Metric):
         self._count = 0
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """``pred``: images in [0, 1] (N, C, H, W); ``target``: the class of each image to explain."""
+        """`pred`: images in [0, 1] (N, C, H, W); `target`: the class of each image to explain."""
         if self.attributor is None or self._perturb is None:
             raise RuntimeError(
                 f"the '{self.name}' metric scores a model's attributions, so it needs the model: "
@@ -394,7 +394,7 @@ class AttributionMetric(Metric):
 
 
 class Infidelity(AttributionMetric):
-    """Mean captum ``infidelity`` of an attribution method under a perturbation (lower: more faithful)."""
+    """Mean captum `infidelity` of an attribution method under a perturbation (lower: more faithful)."""
 
     name = "infidelity"
     higher_is_better = False
@@ -402,7 +402,7 @@ class Infidelity(AttributionMetric):
 
 
 class Sensitivity(AttributionMetric):
-    """Mean captum ``sensitivity_max`` of an attribution method under a perturbation (lower: stabler)."""
+    """Mean captum `sensitivity_max` of an attribution method under a perturbation (lower: stabler)."""
 
     name = "sensitivity"
     higher_is_better = False

@@ -1,7 +1,7 @@
 """RGB <-> HSV in torch, batched, on any device, differentiable almost everywhere.
 
 Hue is in [0, 1) (a full turn), saturation and value in [0, 1]. The formulas are
-the usual hexcone model (as in ``colorsys`` and ``skimage.color``), written with
+the usual hexcone model (as in `colorsys` and `skimage.color`), written with
 tensor operations only so that they run on CUDA tensors and pass gradients.
 """
 
@@ -56,6 +56,6 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
 
 
 def luminance(rgb: torch.Tensor) -> torch.Tensor:
-    """ITU-R BT.601 luma (N, 1, H, W) of RGB images, the weights of PIL's ``convert('L')``."""
+    """ITU-R BT.601 luma (N, 1, H, W) of RGB images, the weights of PIL's `convert('L')`."""
     _check_rgb(rgb, "luminance")
     return core_luminance(rgb)

@@ -1,14 +1,14 @@
 """Input perturbations: colour changes in HSV space, grayscale, brightness, noise, occlusion.
 
-Every perturbation is a callable ``perturb(images, mask=None, generator=None)``
+Every perturbation is a callable `perturb(images, mask=None, generator=None)`
 on a batch of images in [0, 1] (NCHW) on any device, returning a new batch of
-the same shape. ``mask`` (broadcastable to N1HW, bool or float in [0, 1])
-restricts the change to a region: ``out = mask * perturbed + (1 - mask) * images``,
+the same shape. `mask` (broadcastable to N1HW, bool or float in [0, 1])
+restricts the change to a region: `out = mask * perturbed + (1 - mask) * images`,
 so pixels outside the mask are returned unchanged, bit for bit. Random
-perturbations draw from ``generator`` when given, else from their own generator
-seeded with the ``seed`` option, so that the same calls give the same results.
-They are registered by name through the core's ``probekit_register_perturbations``
-hook, so probes find them with ``run.perturbation(name, **options)``.
+perturbations draw from `generator` when given, else from their own generator
+seeded with the `seed` option, so that the same calls give the same results.
+They are registered by name through the core's `probekit_register_perturbations`
+hook, so probes find them with `run.perturbation(name, **options)`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def as_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 
 
 class Perturbation:
-    """Base class: subclasses implement :meth:`apply` on the whole batch; masking is done here."""
+    """Base class: subclasses implement `apply` on the whole batch; masking is done here."""
 
     #: registered name
     name: str = "perturbation"
@@ -132,7 +132,7 @@ class HueSet(Perturbation):
 
 
 class HueRotate(Perturbation):
-    """Rotate the hue of every pixel by ``degrees`` (360 is the identity)."""
+    """Rotate the hue of every pixel by `degrees` (360 is the identity)."""
 
     name = "hue-rotate"
 
@@ -162,7 +162,7 @@ class Grayscale(Perturbation):
 
 
 class Brightness(Perturbation):
-    """Scale brightness: multiply the pixels (and so HSV value) by ``factor``, clipped to [0, 1]."""
+    """Scale brightness: multiply the pixels (and so HSV value) by `factor`, clipped to [0, 1]."""
 
     name = "brightness"
 
@@ -178,7 +178,7 @@ class Brightness(Perturbation):
 
 
 class Saturation(Perturbation):
-    """Scale HSV saturation by ``factor`` (0: grayscale by HSV value), clipped to [0, 1]."""
+    """Scale HSV saturation by `factor` (0: grayscale by HSV value), clipped to [0, 1]."""
 
     name = "saturation"
 
@@ -196,7 +196,7 @@ class Saturation(Perturbation):
 
 
 class Noise(Perturbation):
-    """Add Gaussian noise of standard deviation ``std``, clipped to [0, 1] unless ``clip`` is false."""
+    """Add Gaussian noise of standard deviation `std`, clipped to [0, 1] unless `clip` is false."""
 
     name = "noise"
     random = True
@@ -215,7 +215,7 @@ class Noise(Perturbation):
 
 
 class Occlusion(Perturbation):
-    """Paint ``count`` square patches of side ``size`` pixels at random places of each image."""
+    """Paint `count` square patches of side `size` pixels at random places of each image."""
 
     name = "occlusion"
     random = True
@@ -250,7 +250,7 @@ PERTURBATIONS: dict[str, type[Perturbation]] = {
 
 
 def box_mask(region: list[float] | tuple[float, ...], images: torch.Tensor) -> torch.Tensor:
-    """A (1, 1, H, W) bool mask of the box ``[top, left, height, width]`` (fractions of the image size)."""
+    """A (1, 1, H, W) bool mask of the box `[top, left, height, width]` (fractions of the image size)."""
     h, w = images.shape[-2:]
     top, left, height, width = region
     r0, c0 = int(round(top * h)), int(round(left * w))
@@ -261,7 +261,7 @@ def box_mask(region: list[float] | tuple[float, ...], images: torch.Tensor) -> t
 
 
 class InRegion:
-    """A perturbation restricted to a box of every image: ``perturb(images, mask=box, generator=...)``."""
+    """A perturbation restricted to a box of every image: `perturb(images, mask=box, generator=...)`."""
 
     def __init__(self, perturb: Perturbation, region: list[float] | tuple[float, ...]):
         self.perturb, self.region = perturb, tuple(region)

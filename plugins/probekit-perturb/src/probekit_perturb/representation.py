@@ -1,7 +1,7 @@
 """How far a representation moves under a perturbation: linear CKA, cosine, prediction flips, logit distance.
 
-As metrics they follow the core protocol ``update(pred, target)`` / ``compute()``
-with ``pred`` the perturbed and ``target`` the clean states (or logits) of the
+As metrics they follow the core protocol `update(pred, target)` / `compute()`
+with `pred` the perturbed and `target` the clean states (or logits) of the
 same examples, in the same order. States of any shape are flattened per example.
 """
 
@@ -20,8 +20,8 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """Linear centred kernel alignment (Kornblith et al., 2019) of two representations of the same n examples.
 
-    ``x``: (n, ...) and ``y``: (n, ...), flattened per example. Returns a value in [0, 1];
-    1 when ``y`` is ``x`` up to an orthogonal transform and isotropic scaling. Computed in
+    `x`: (n, ...) and `y`: (n, ...), flattened per example. Returns a value in [0, 1];
+    1 when `y` is `x` up to an orthogonal transform and isotropic scaling. Computed in
     float64, in feature space or through n x n Gram matrices, whichever is smaller.
     """
     x, y = _flat(x).double(), _flat(y).double()
@@ -47,10 +47,10 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 class CKA(Metric):
-    """Linear CKA between perturbed (``pred``) and clean (``target``) states over all examples seen.
+    """Linear CKA between perturbed (`pred`) and clean (`target`) states over all examples seen.
 
-    CKA is not a mean over batches, so the flattened states are kept (in ``dtype``, on
-    the CPU) until :meth:`compute`.
+    CKA is not a mean over batches, so the flattened states are kept (in `dtype`, on
+    the CPU) until `compute`.
     """
 
     name = "cka"
@@ -120,7 +120,7 @@ class FlipRate(Metric):
 
 
 class LogitDistance(Metric):
-    """Mean Euclidean distance between perturbed and clean logits (``relative``: over the clean norm)."""
+    """Mean Euclidean distance between perturbed and clean logits (`relative`: over the clean norm)."""
 
     name = "logit_distance"
     higher_is_better = False

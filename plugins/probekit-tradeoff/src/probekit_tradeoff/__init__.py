@@ -1,8 +1,8 @@
-"""probekit plugin ``tradeoff``: how much classification- and reconstruction-driven information
+"""probekit plugin `tradeoff`: how much classification- and reconstruction-driven information
 can share one latent layer.
 
 This module only registers the probe and its options; it imports neither torch nor any model
-library, so that ``probekit plugins`` stays fast. The implementation lives in private modules that
+library, so that `probekit plugins` stays fast. The implementation lives in private modules that
 the registry imports when a spec uses the probe.
 """
 

@@ -1,8 +1,8 @@
-"""``encoder: {model, layer, trainable}``: a layer of another model as the tradeoff encoder's input.
+"""`encoder: {model, layer, trainable}`: a layer of another model as the tradeoff encoder's input.
 
-The model is any registered adapter (``module``, ``vit``, ...). Its layer's states go into the
+The model is any registered adapter (`module`, `vit`, ...). Its layer's states go into the
 family's encoder; the decoder still reconstructs the input image's pixels, so the tradeoff can be
-measured at every depth of a pretrained network. Frozen (``trainable: false``), the states are
+measured at every depth of a pretrained network. Frozen (`trainable: false`), the states are
 computed once per image into the core's on-disk feature cache and reused by every sweep point and
 epoch. Trainable, the model's weights receive the encoder's lambda-weighted gradient, and every
 sweep point starts again from the model's original weights.
@@ -43,7 +43,7 @@ class Attached:
 
     @classmethod
     def build(cls, run: RunContext, spec: dict[str, Any], train: Any, test: Any) -> Attached:
-        """Build the adapter of ``spec["model"]`` (already validated by its plugin's options model)."""
+        """Build the adapter of `spec["model"]` (already validated by its plugin's options model)."""
         from probekit import get_plugin_manager
 
         options = dict(spec["model"])

@@ -18,9 +18,9 @@ import torch
 def pca_codes(
     train: torch.Tensor, test: torch.Tensor, latent: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PCA codes of train and test (N, L) and reconstructions (N, D) from the top ``latent`` components.
+    """PCA codes of train and test (N, L) and reconstructions (N, D) from the top `latent` components.
 
-    The reconstruction ``mean + (x - mean) V V^T`` is the best linear one from PCA codes.
+    The reconstruction `mean + (x - mean) V V^T` is the best linear one from PCA codes.
     """
     x = train.double()
     mean = x.mean(0)
@@ -36,7 +36,7 @@ def pca_codes(
 def random_codes(
     train: torch.Tensor, test: torch.Tensor, latent: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Codes ``x R`` for a Gaussian ``R`` (D, L) with unit columns (as in the study), and the least-squares
+    """Codes `x R` for a Gaussian `R` (D, L) with unit columns (as in the study), and the least-squares
     affine reconstructions of the pixels from them."""
     r = torch.randn(train.shape[1], latent, generator=generator, dtype=torch.float64)
     r /= r.norm(dim=0, keepdim=True)
@@ -88,9 +88,9 @@ def baseline(
     seed: int,
     max_iter: int,
 ) -> dict[str, Any]:
-    """One baseline row: ``test_mse`` (pixels in [-1, 1]), ``test_ce`` and ``accuracy``.
+    """One baseline row: `test_mse` (pixels in [-1, 1]), `test_ce` and `accuracy`.
 
-    ``train`` / ``test`` are flattened pixels in [-1, 1], (N, D).
+    `train` / `test` are flattened pixels in [-1, 1], (N, D).
     """
     if kind == "pca":
         ctr, cte, _, rte = pca_codes(train, test, latent)

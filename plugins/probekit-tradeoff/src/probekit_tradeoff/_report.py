@@ -21,7 +21,7 @@ def _curves(probe: Any) -> dict[tuple[str, int], list[dict[str, Any]]]:
 
 def summary(probe: Any) -> dict[str, Any]:
     """metrics.json: every point, the baselines, and per (family, latent) the change from the smallest
-    to the largest lambda (``accuracy_drop`` > 0: accuracy fell; ``mse_gain`` > 0: MSE fell)."""
+    to the largest lambda (`accuracy_drop` > 0: accuracy fell; `mse_gain` > 0: MSE fell)."""
     results: dict[str, Any] = {}
     tradeoff: dict[str, Any] = {}
     for (family, latent), rows in _curves(probe).items():

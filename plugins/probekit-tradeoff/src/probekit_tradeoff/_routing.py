@@ -1,7 +1,7 @@
-"""Gradient routing of the tradeoff loss ``lambda * MSE + (1 - lambda) * CE``.
+"""Gradient routing of the tradeoff loss `lambda * MSE + (1 - lambda) * CE`.
 
 The decoder is trained by the MSE only and the classifier by the CE only, each with its full
-gradient; lambda weights only what reaches the encoder. :func:`scale_grad` is the identity in the
+gradient; lambda weights only what reaches the encoder. `scale_grad` is the identity in the
 forward pass and multiplies the gradient by a constant in the backward pass, so
 
     recon  = decoder(scale_grad(z, lambda))
@@ -9,7 +9,7 @@ forward pass and multiplies the gradient by a constant in the backward pass, so
     loss   = MSE(recon) + CE(logits)
 
 gives the decoder d MSE, the classifier d CE, and the encoder
-``lambda * d MSE / dz + (1 - lambda) * d CE / dz``. A scale of 0 gives exact zeros.
+`lambda * d MSE / dz + (1 - lambda) * d CE / dz`. A scale of 0 gives exact zeros.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """``x`` in the forward pass; its gradient times ``scale`` in the backward pass."""
+    """`x` in the forward pass; its gradient times `scale` in the backward pass."""
     return _ScaleGrad.apply(x, float(scale))
 
 
 @dataclass
 class RoutedLosses:
-    """The losses of one batch. ``loss`` has the value ``lambda * mse + (1 - lambda) * ce`` and the
+    """The losses of one batch. `loss` has the value `lambda * mse + (1 - lambda) * ce` and the
     routed gradient described in the module docstring."""
 
     loss: torch.Tensor
@@ -61,14 +61,14 @@ def routed_losses(
     *,
     encode: Any = None,
 ) -> RoutedLosses:
-    """Run ``model`` (encoder, decoder, classifier) on a batch with gradient routing.
+    """Run `model` (encoder, decoder, classifier) on a batch with gradient routing.
 
     Args:
         inputs: the encoder's input (pixels in [-1, 1], or an attached model's states).
         target: the pixels to reconstruct, in [-1, 1].
         labels: integer class labels.
         lam: lambda in [0, 1].
-        encode: optional ``encode(inputs) -> z`` replacing ``model.encoder`` (attached backbones).
+        encode: optional `encode(inputs) -> z` replacing `model.encoder` (attached backbones).
     """
     z = encode(inputs) if encode is not None else model.encoder(inputs)
     recon = model.decoder(scale_grad(z, lam))

@@ -1,8 +1,8 @@
-"""probekit-vit: Vision Transformer model adapters (timm and Hugging Face), model type ``vit``.
+"""probekit-vit: Vision Transformer model adapters (timm and Hugging Face), model type `vit`.
 
-This module is what the ``probekit`` entry point loads: it registers the type and
+This module is what the `probekit` entry point loads: it registers the type and
 its options model only. torch, timm and transformers are imported lazily, when a
-``vit`` model is built (``probekit_vit._adapter``).
+`vit` model is built (`probekit_vit._adapter`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 
 class VitOptions(Options):
-    """Options of ``model: {type: vit, ...}``."""
+    """Options of `model: {type: vit, ...}`."""
 
     source: Literal["timm", "hf"] = Field(
         "timm",

@@ -1,7 +1,7 @@
-"""The ``vit`` model adapter: timm ``VisionTransformer`` or Hugging Face ``ViTModel`` /
-``ViTForImageClassification``, with the same canonical layer names for both.
+"""The `vit` model adapter: timm `VisionTransformer` or Hugging Face `ViTModel` /
+`ViTForImageClassification`, with the same canonical layer names for both.
 
-Canonical layers (``N`` = number of blocks)::
+Canonical layers (`N` = number of blocks):
 
     embed          patch embedding + prefix (class) token(s) + position embedding, the input of block 0
     block.i.attn   residual stream after block i's attention sublayer (x + attn(norm1(x)))
@@ -41,11 +41,11 @@ class VitAdapter(ModelAdapter):
     """A timm or Hugging Face Vision Transformer with canonical layer names.
 
     Args:
-        name: timm model name, or (``source="hf"``) a hub id or local directory.
-        source: ``"timm"`` or ``"hf"``.
-        pretrained: load the published weights (default: ``False`` for timm, ``True`` for hf).
+        name: timm model name, or (`source="hf"`) a hub id or local directory.
+        source: `"timm"` or `"hf"`.
+        pretrained: load the published weights (default: `False` for timm, `True` for hf).
         weights: a local state dict to load into the model.
-        kwargs: timm ``create_model`` kwargs, or hf config overrides.
+        kwargs: timm `create_model` kwargs, or hf config overrides.
         trust_remote_code: hf only; off unless asked for.
     """
 
@@ -240,7 +240,7 @@ class VitAdapter(ModelAdapter):
 
 
 def _match_channels(mean: Any, std: Any, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel statistics for ``channels`` inputs (grey models trained from RGB stats use the average)."""
+    """Per-channel statistics for `channels` inputs (grey models trained from RGB stats use the average)."""
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if len(mean) != channels and channels == 1:
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
@@ -254,8 +254,8 @@ def _hf_preprocessing(
 ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
     """Mean, std and interpolation from the checkpoint's image processor config.
 
-    The model's own ``image_size`` fixes the input size (a ViT takes no other); a
-    checkpoint without a processor config gets ``ViTImageProcessor``'s defaults.
+    The model's own `image_size` fixes the input size (a ViT takes no other); a
+    checkpoint without a processor config gets `ViTImageProcessor`'s defaults.
     """
     from transformers import ViTImageProcessor
 
@@ -286,7 +286,7 @@ def _hf_preprocessing(
 
 
 def _find_layer_list(base: nn.Module) -> str:
-    """Path of the ``ModuleList`` of ViT layers (``layers``; ``encoder.layer`` before transformers 5)."""
+    """Path of the `ModuleList` of ViT layers (`layers`; `encoder.layer` before transformers 5)."""
     for path, module in base.named_modules():
         if (
             isinstance(module, nn.ModuleList)
