@@ -122,8 +122,14 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                       description="Run name; the default run directory is runs/<name>.")
-    seed: int = Field(0, ge=0)
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:<i>")
+    seed: int = Field(0, ge=0, description="Seed of every random choice; with `seeds`, the seed of the data "
+                                             "split (the same for every seed run).")
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, description="Run the probe once per seed (model training, probe initialisation, "
+                                        "data order) in RUN_DIR/seeds/<seed>/, then combine the results with "
+                                        "mean, std and 95% intervals (e.g. [0, 1, 2]).")
+    device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:<i> (GPU i) or mps "
+                                            "(Apple GPU).")
     model: ModelSpec | None = None
     data: DataSpec | None = None
     probe: ProbeSpec
@@ -143,6 +149,13 @@ class Spec(BaseModel):
 
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
             raise ValueError("must be auto, cpu, cuda, cuda:<index> or mps")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"seeds must differ from each other, got {v}")
         return v
 
     def metric_specs(self) -> list[MetricSpec]:
