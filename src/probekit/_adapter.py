@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,3 +218,30 @@ class ModelAdapter:
             h.update(str(tuple(t.shape)).encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()[:24]
+
+
+def check_probe_layers(adapter: ModelAdapter, probe_type: str, options: Mapping[str, Any]) -> None:
+    """Refuse layer names in the probe's options that the model does not have, before any training.
+
+    A probe declares at registration which of its options name layers of the run's model
+    (`layer_options`, default `("layers",)`; a dotted path reaches into sections). Raises a
+    `SpecError` with the key path, e.g. `probe.layers[1]`, listing the valid names.
+    """
+    from probekit._errors import SpecError, did_you_mean
+    from probekit._plugins import get_plugin_manager
+
+    entry = get_plugin_manager().get("probes", probe_type)
+    valid = list(adapter.capture_points())
+    for option in entry.meta.get("layer_options", ("layers",)):
+        value: Any = options
+        for part in option.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
+        if value is None or value == "all":
+            continue
+        names = [value] if isinstance(value, str) else list(value)
+        for i, name in enumerate(names):
+            if name not in valid:
+                where = f"probe.{option}" + ("" if isinstance(value, str) else f"[{i}]")
+                shown = ", ".join(valid[:40]) + (", ..." if len(valid) > 40 else "")
+                raise SpecError(f"unknown layer '{name}' of the {adapter.type_name} model; its layers are: {shown}."
+                                + did_you_mean(name, valid), path=where)

@@ -1,7 +1,7 @@
-"""The ``probekit`` command line.
+"""The `probekit` command line.
 
 Exit codes: 0 success; 2 bad usage or invalid spec (a message, no traceback);
-1 a run that failed. ``--help`` and ``plugins`` import neither torch nor any
+1 a run that failed. `--help` and `plugins` import neither torch nor any
 model library.
 """
 
@@ -34,6 +34,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="probekit", description="Probe what a neural network represents, layer by layer.")
     p.add_argument("--version", action="version", version=f"probekit {_version()}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     r = sub.add_parser("run", help="run a spec.yaml into a run directory")
@@ -93,6 +94,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # not a SpecError or RunError: a bug in probekit or a plugin
+        _print_bug(exc, debug=args.debug)
+        return EXIT_FAILED
+
+
+def _print_bug(exc: BaseException, *, debug: bool) -> None:
+    """A traceback (its last frames; all of them with --debug) behind a line saying it is a bug."""
+    import traceback
+
+    limit = None if debug else -6
+    traceback.print_exception(type(exc), exc, exc.__traceback__, limit=limit, file=sys.stderr)
+    print(f"error: {type(exc).__name__}: {exc}\nThis is a bug in probekit or a plugin, not in your spec: please "
+          f"report it with the traceback above" + ("" if debug else " (run with --debug for all of it)") + ".",
+          file=sys.stderr)
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -165,7 +180,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except StopRequested as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return 143
-    except (ProbekitError, KeyError, ValueError) as exc:
+    except ProbekitError as exc:
         from probekit._errors import SpecError
 
         _print_error(exc)
@@ -174,15 +189,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE if isinstance(exc, SpecError) else EXIT_FAILED
     except Exception as exc:
         import errno
-        import traceback
 
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             print(f"error: the disk is full ({exc.strerror}: {exc.filename or 'a file of the run'}); nothing "
                   f"written so far is damaged. Free space, then continue with: probekit run {args.spec} -o "
                   f"{prepared.run_dir} --resume", file=sys.stderr)
             return EXIT_FAILED
-        traceback.print_exc()
-        print(f"the run failed; see {prepared.run_dir / 'log.txt'}; continue with --resume", file=sys.stderr)
+        _print_bug(exc, debug=args.debug)
+        print(f"the run failed; see {prepared.run_dir / 'log.txt'}", file=sys.stderr)
         return EXIT_FAILED
     from probekit._report import flatten, fmt
 

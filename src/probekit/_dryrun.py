@@ -1,4 +1,4 @@
-"""``probekit run --dry-run``: what a spec would do, without training anything."""
+"""`probekit run --dry-run`: what a spec would do, without training anything."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from probekit._spec import LoadedSpec
 def dry_run(loaded: LoadedSpec) -> str:
     from pathlib import Path
 
+    from probekit._adapter import check_probe_layers
     from probekit._data import build_data
     from probekit._registry import create_probe
     from probekit._runner import Run, default_run_dir, resolve_device
@@ -33,6 +34,7 @@ def dry_run(loaded: LoadedSpec) -> str:
         n_params = sum(p.numel() for p in adapter.model.parameters())
         lines.append(f"model: {spec.model.type} ({type(adapter.model).__name__}, {n_params:,} parameters)"
                      + (f", trained first for {spec.model.train.epochs} epochs" if spec.model.train else ""))
+        check_probe_layers(adapter, spec.probe.type, run.options["probe"])
         run.model = adapter
         layers = adapter.layers()
         probe_layers: Any = run.options["probe"].get("layers")

@@ -3,7 +3,7 @@
 RUN_DIR/spec.yaml (resolved spec + versions), metrics.json, checkpoints/,
 figures/, report.md, report.html, log.txt. All writes are atomic; every random
 choice derives from the spec's seed, so a spec run twice on the CPU gives an
-identical metrics.json, and ``resume=True`` continues a killed run to the same
+identical metrics.json, and `resume=True` continues a killed run to the same
 results.
 """
 
@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from probekit import _checkpoint as ckpt
-from probekit._adapter import ModelAdapter
+from probekit._adapter import ModelAdapter, check_probe_layers
 from probekit._cache import FeatureCache, FeatureSet, cache_key, default_cache_dir
 from probekit._data import DataBundle, build_data
 from probekit._errors import RunError, SpecError
@@ -59,6 +59,7 @@ class Run:
         self.options = loaded.options
         self.run_dir = Path(run_dir)
         self.seed = self.spec.seed
+        self.data_seed = self.spec.seed  # a seed run of `seeds:` keeps the spec's data split
         self.quiet = quiet
         self.resume = resume
         self.device = resolve_device(self.spec.device)
@@ -69,6 +70,8 @@ class Run:
         self.data: DataBundle | None = None
         self.probe: Probe | None = None
         self.report_sections: list[tuple[str, str]] = []
+        self.warnings: list[str] = []
+        self.table_keys: dict[str, list[str]] = {}  # csv name -> key columns declared by write_csv
         self.timings: dict[str, float] = {}
         self._log_file: Any = None
 
@@ -79,6 +82,12 @@ class Run:
         self.debug(message)
         if not self.quiet:
             print(line, file=sys.stderr)
+
+    def warn(self, message: str) -> None:
+        """Log a warning (log.txt and stderr) and show it at the top of the report."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+        self.log(f"WARNING: {message}")
 
     def debug(self, message: str) -> None:
         """Append a line to log.txt only (per-epoch losses and other detail)."""
@@ -96,7 +105,7 @@ class Run:
 
     # -- randomness ------------------------------------------------------------------
     def generator(self, tag: str = "") -> torch.Generator:
-        """A torch Generator seeded from the spec's seed and ``tag``."""
+        """A torch Generator seeded from the spec's seed and `tag`."""
         from probekit._training import epoch_seed
 
         return torch.Generator().manual_seed(epoch_seed(self.seed, 0, tag))
@@ -114,7 +123,7 @@ class Run:
         return create_metric(name, **options)
 
     def metrics(self) -> dict[str, Metric]:
-        """The spec's ``metrics:`` list, instantiated (fresh objects each call)."""
+        """The spec's `metrics:` list, instantiated (fresh objects each call)."""
         from probekit._registry import create_metric
 
         out = {}
@@ -132,12 +141,12 @@ class Run:
                  include_input: bool = False,
                  transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
                  transform_id: str = "", model: ModelAdapter | None = None) -> FeatureSet:
-        """Hidden states of the frozen model for ``split``, computed once and cached on disk.
+        """Hidden states of the frozen model for `split`, computed once and cached on disk.
 
-        The set also holds ``labels`` and, with ``include_input``, ``input`` (the
-        model-ready inputs after ``preprocess``). ``transform(layer, states)``
+        The set also holds `labels` and, with `include_input`, `input` (the
+        model-ready inputs after `preprocess`). `transform(layer, states)`
         reduces states before they are stored (e.g. pooling); give it a
-        ``transform_id`` that changes whenever its result would. ``model`` reads
+        `transform_id` that changes whenever its result would. `model` reads
         another adapter than the run's own (e.g. one a probe builds itself).
         """
         from probekit import _distributed as distributed
@@ -185,7 +194,7 @@ class Run:
         """What identifies the run's data (source, options, limits, seed): part of cache keys."""
         d = self.spec.data
         return {"type": d.type, "options": self.options.get("data", {}), "limit": d.limit,
-                "test_limit": d.test_limit, "seed": self.seed} if d else {}
+                "test_limit": d.test_limit, "seed": self.data_seed} if d else {}
 
     # -- outputs ---------------------------------------------------------------------
     def path(self, relative: str) -> Path:
@@ -195,8 +204,19 @@ class Run:
             raise ValueError(f"path '{relative}' leaves the run directory")
         return p
 
-    def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> Path:
-        """Write a table atomically as RUN_DIR/name."""
+    def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]], columns: Sequence[str], *,
+                  keys: Sequence[str] | None = None) -> Path:
+        """Write a table atomically as RUN_DIR/name.
+
+        `keys` names the columns that identify a row (e.g. `layer`, `metric`); with `seeds:` the
+        other columns are combined over seeds into mean, std and 95% interval (see
+        `probekit._seeds`). Without it the keys are inferred.
+        """
+        if keys is not None:
+            unknown = [k for k in keys if k not in columns]
+            if unknown:
+                raise ValueError(f"write_csv({name!r}): keys {unknown} are not columns {list(columns)}")
+            self.table_keys[name] = list(keys)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
@@ -241,6 +261,7 @@ def _build_model(run: Run) -> ModelAdapter | None:
     adapter = create_model(spec.model.type, **run.options["model"])
     if getattr(adapter, "input_shape", None) is None and run.data is not None:
         adapter.input_shape = tuple(run.data.info.image_shape)
+    check_probe_layers(adapter, spec.probe.type, run.options["probe"])  # before any training
     adapter.to(run.device)
     if spec.model.train is not None:
         from probekit._pretrain import train_classifier
@@ -295,11 +316,14 @@ def _strip_versions(text: str) -> str:
 
 
 def execute(run: Run) -> dict[str, Any]:
-    """Run a prepared :class:`Run` to the end; return the content of metrics.json."""
+    """Run a prepared `Run` to the end; return the content of metrics.json."""
     from probekit import _distributed as distributed
+    from probekit._provenance import provenance
     from probekit._registry import create_probe
     from probekit._report import write_reports
 
+    if run.spec.seeds is not None:
+        return _execute_seeds(run)
     # a process group this run joined is left at its end (exiting with DDP's threads alive can abort)
     owns_group = not distributed.is_initialized() and distributed.init_from_env(run.device)
     if distributed.is_main():
@@ -345,6 +369,7 @@ def execute(run: Run) -> dict[str, Any]:
         run.timings["evaluate"] = time.time() - t
         run.timings["total"] = time.time() - start
         distributed.barrier()
+        results = {**results, "provenance": provenance(run)}
         if distributed.is_main():
             ckpt.write_json(run.run_dir / "metrics.json", results)
             write_reports(run, results)
@@ -369,6 +394,76 @@ def execute(run: Run) -> dict[str, Any]:
         run._log_file = None
         if owns_group:
             distributed.shutdown(wait=False)  # after an error (a no-op after the shutdown on success)
+
+
+def seed_spec(loaded: LoadedSpec, seed: int) -> LoadedSpec:
+    """The spec of one seed run of `seeds:`: `seed` set to it, no `seeds`."""
+    spec = loaded.spec.model_copy(update={"seed": seed, "seeds": None})
+    raw = {k: v for k, v in loaded.raw.items() if k != "seeds"}
+    return LoadedSpec(spec, {**raw, "seed": seed}, loaded.path, loaded.options)
+
+
+def _execute_seeds(run: Run) -> dict[str, Any]:
+    """Run the spec once per seed in RUN_DIR/seeds/<seed>/, then combine them (see `probekit._seeds`)."""
+    from probekit import _distributed as distributed
+    from probekit._provenance import provenance
+    from probekit._registry import create_probe
+    from probekit._report import write_reports
+    from probekit._seeds import aggregate, seed_dir
+
+    seeds = list(run.spec.seeds or [])
+    owns_group = not distributed.is_initialized() and distributed.init_from_env(run.device)
+    main = distributed.is_main()
+    if main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        run.figures_dir.mkdir(exist_ok=True)
+        ckpt.write_text(run.run_dir / "spec.yaml", resolved_spec_text(run.loaded))
+        run._log_file = open(run.run_dir / "log.txt", "a")  # noqa: SIM115
+    else:
+        run.quiet = True
+    start = time.time()
+    try:
+        run.log(f"run '{run.spec.name}' in {run.run_dir}: {len(seeds)} seeds {seeds}"
+                + (" (resumed)" if run.resume else "") + f"; data split of seed {run.spec.seed}")
+        for i, seed in enumerate(seeds):
+            folder = seed_dir(run.run_dir, seed)
+            if run.resume and (folder / "metrics.json").exists():
+                run.log(f"seed {seed} ({i + 1}/{len(seeds)}): finished before; kept ({folder})")
+                continue
+            run.log(f"seed {seed} ({i + 1}/{len(seeds)}): running in {folder}")
+            sub = Run(seed_spec(run.loaded, seed), folder, quiet=run.quiet, resume=run.resume)
+            sub.data_seed = run.spec.seed
+            t = time.time()
+            sub_results = execute(sub)
+            run.timings[f"seed {seed}"] = time.time() - t
+            head = ", ".join(f"{k}={v:.4g}" for k, v in sub_results.items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool))
+            run.log(f"seed {seed}: done" + (f" ({head})" if head else ""))
+        distributed.barrier()
+        combined = aggregate(run.run_dir, seeds, write=main)
+        run.probe = create_probe(run.spec.probe.type, **run.options["probe"])
+        summarize = getattr(run.probe, "summarize", None)
+        if main and summarize is not None:
+            summarize(run, combined)
+        results = {**combined.metrics_json(), "provenance": provenance(run)}
+        run.timings["total"] = time.time() - start
+        if main:
+            ckpt.write_json(run.run_dir / "metrics.json", results)
+            write_reports(run, results)
+        run.log(f"{len(seeds)} seeds combined in {run.run_dir} ({run.timings['total']:.1f}s)")
+        if owns_group:
+            distributed.shutdown()
+        return results
+    except BaseException as exc:
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            run.log(f"run failed: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if run._log_file is not None:
+            run._log_file.close()
+        run._log_file = None
+        if owns_group:
+            distributed.shutdown(wait=False)
 
 
 def _install_sigterm_handler(run: Run) -> Callable[[], None]:
@@ -398,7 +493,7 @@ def _install_sigterm_handler(run: Run) -> Callable[[], None]:
 def run(spec: str | Path | Mapping[str, Any] | LoadedSpec, run_dir: str | Path | None = None, *,
         overrides: Iterable[str] = (), resume: bool = False, overwrite: bool = False,
         quiet: bool = True) -> dict[str, Any]:
-    """Run a spec (a path, a dict or a loaded spec) into ``run_dir``; return metrics.json's content."""
+    """Run a spec (a path, a dict or a loaded spec) into `run_dir`; return metrics.json's content."""
     loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec, overrides)
     prepared = prepare(loaded, Path(run_dir) if run_dir is not None else None, resume=resume,
                        overwrite=overwrite, quiet=quiet)
