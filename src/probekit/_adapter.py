@@ -1,4 +1,4 @@
-"""The model adapter: a real ``nn.Module`` plus canonical layer names and its input transform."""
+"""The model adapter: a real `nn.Module` plus canonical layer names and its input transform."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ class Layer:
     """A probe-able layer.
 
     Attributes:
-        name: canonical name used in specs (``block.3``, ``features.3``).
-        kind: ``image`` (CHW pixels), ``map`` (CHW feature map), ``tokens``
-            (sequence x width), ``vector``, ``logits``, ``state`` or ``other``.
+        name: canonical name used in specs (`block.3`, `features.3`).
+        kind: `image` (CHW pixels), `map` (CHW feature map), `tokens`
+            (sequence x width), `vector`, `logits`, `state` or `other`.
         shape: shape of one example's state (no batch dimension).
         module: the module path hooked to read it.
         meta: extra facts for probes (patch grid, token counts, ...).
@@ -58,11 +58,11 @@ def kind_of(shape: Sequence[int]) -> str:
 class ModelAdapter:
     """Base class of model adapters.
 
-    Subclasses set :attr:`model` and :attr:`input_shape`, and implement
-    :meth:`capture_points` (canonical layer name -> where to hook). The base
-    class provides :meth:`capture`, :meth:`layers` (shapes found by one forward
-    on a dummy batch), normalisation in :meth:`preprocess` / :meth:`postprocess`,
-    and a :meth:`fingerprint` of the weights for cache keys.
+    Subclasses set `model` and `input_shape`, and implement
+    `capture_points` (canonical layer name -> where to hook). The base
+    class provides `capture`, `layers` (shapes found by one forward
+    on a dummy batch), normalisation in `preprocess` / `postprocess`,
+    and a `fingerprint` of the weights for cache keys.
     """
 
     #: the wrapped model from its own library
@@ -81,7 +81,7 @@ class ModelAdapter:
 
     # -- to implement -------------------------------------------------------
     def capture_points(self) -> dict[str, CapturePoint]:
-        """Canonical layer name -> :class:`CapturePoint`, in depth order."""
+        """Canonical layer name -> `CapturePoint`, in depth order."""
         raise NotImplementedError
 
     def layer_kinds(self) -> dict[str, str]:
@@ -117,7 +117,7 @@ class ModelAdapter:
         raise TypeError(f"{type(self).__name__}: cannot find class logits in a {type(output).__name__}")
 
     def example_inputs(self, batch_size: int = 2) -> Any:
-        """Model-ready inputs of the right shape (zeros through :meth:`preprocess`)."""
+        """Model-ready inputs of the right shape (zeros through `preprocess`)."""
         return self.preprocess(torch.zeros(batch_size, *self.input_shape, device=self.device))
 
     def layers(self) -> list[Layer]:
@@ -153,9 +153,9 @@ class ModelAdapter:
 
     def capture(self, inputs: Any, layers: Sequence[str] | None = None, **kwargs: Any
                 ) -> tuple[Any, dict[str, torch.Tensor]]:
-        """Run the model once on model-ready ``inputs``; return its output and the requested states.
+        """Run the model once on model-ready `inputs`; return its output and the requested states.
 
-        ``layers=None`` captures every layer. The output equals ``self.model(inputs)``.
+        `layers=None` captures every layer. The output equals `self.model(inputs)`.
         """
         points = self.capture_points()
         names = list(points) if layers is None else list(layers)

@@ -1,14 +1,14 @@
-"""The fused CPU scan kernel: built at first use, called through ``ctypes``, with autograd.
+"""The fused CPU scan kernel: built at first use, called through `ctypes`, with autograd.
 
-``_scan_kernel.cpp`` (shipped in the package) has no torch or Python headers: it is compiled by the
-system's C++ compiler (``$CXX``, else ``c++`` / ``g++`` / ``clang++``) in well under a minute, once per
-source, compiler and CPU, into a cache folder (``$PROBEKIT_MAMBA_KERNEL_DIR``, else
-``$XDG_CACHE_HOME/probekit/mamba-kernel`` or ``~/.cache/probekit/mamba-kernel``). The library is
+`_scan_kernel.cpp` (shipped in the package) has no torch or Python headers: it is compiled by the
+system's C++ compiler (`$CXX`, else `c++` / `g++` / `clang++`) in well under a minute, once per
+source, compiler and CPU, into a cache folder (`$PROBEKIT_MAMBA_KERNEL_DIR`, else
+`$XDG_CACHE_HOME/probekit/mamba-kernel` or `~/.cache/probekit/mamba-kernel`). The library is
 written to a temporary name and renamed into place, so concurrent processes can build it at once.
 
 When it cannot be built or loaded (no compiler, a read-only cache, another platform), one line is
-logged on the ``probekit_mamba`` logger and :mod:`probekit_mamba.scan` uses its pure-PyTorch chunked
-scan. ``PROBEKIT_MAMBA_KERNEL=0`` switches the kernel off.
+logged on the `probekit_mamba` logger and `probekit_mamba.scan` uses its pure-PyTorch chunked
+scan. `PROBEKIT_MAMBA_KERNEL=0` switches the kernel off.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _compiler() -> str | None:
 
 
 def _cpu_id() -> str:
-    """What ``-march=native`` depends on: the CPU's model and feature flags."""
+    """What `-march=native` depends on: the CPU's model and feature flags."""
     text = platform.machine() + platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
@@ -130,7 +130,7 @@ def available() -> bool:
 
 
 def disable_reason() -> str | None:
-    """Why the kernel is not used (``None`` when it is, or before the first :func:`available`)."""
+    """Why the kernel is not used (`None` when it is, or before the first `available`)."""
     return _reason
 
 
@@ -235,10 +235,10 @@ class _Mamba2(torch.autograd.Function):
 def mamba1_scan(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                 init: torch.Tensor | None = None, *, chunk: int = 32,
                 return_states: bool = False) -> tuple[torch.Tensor, ...]:
-    """Mamba's scan on the kernel: ``(y, last)`` or ``(y, last, states)``.
+    """Mamba's scan on the kernel: `(y, last)` or `(y, last, states)`.
 
-    ``u``, ``dt``, ``y``: (batch, L, d); ``A``: (d, n); ``B``, ``C``: (batch, L, n); ``init``, ``last``:
-    (batch, d, n); ``states``: (batch, L, d, n), without gradient. One dtype (float32 or float64), CPU.
+    `u`, `dt`, `y`: (batch, L, d); `A`: (d, n); `B`, `C`: (batch, L, n); `init`, `last`:
+    (batch, d, n); `states`: (batch, L, d, n), without gradient. One dtype (float32 or float64), CPU.
     """
     return _Mamba1.apply(u, dt, A, B, C, init, chunk, return_states)
 
@@ -246,10 +246,10 @@ def mamba1_scan(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
 def mamba2_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                 init: torch.Tensor | None = None, *, chunk: int = 32,
                 return_states: bool = False) -> tuple[torch.Tensor, ...]:
-    """Mamba2's scan on the kernel: ``(y, last)`` or ``(y, last, states)``.
+    """Mamba2's scan on the kernel: `(y, last)` or `(y, last, states)`.
 
-    ``x``, ``y``: (batch, L, heads, p); ``dt``: (batch, L, heads); ``A``: (heads,); ``B``, ``C``:
-    (batch, L, groups, n); ``init``, ``last``: (batch, heads, p, n); ``states``: (batch, L, heads, p, n),
+    `x`, `y`: (batch, L, heads, p); `dt`: (batch, L, heads); `A`: (heads,); `B`, `C`:
+    (batch, L, groups, n); `init`, `last`: (batch, heads, p, n); `states`: (batch, L, heads, p, n),
     without gradient. One dtype (float32 or float64), CPU.
     """
     return _Mamba2.apply(x, dt, A, B, C, init, chunk, return_states)

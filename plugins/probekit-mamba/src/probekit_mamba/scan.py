@@ -5,40 +5,40 @@ either one or the other:
 
 ``selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *,
 chunk_size=32, return_last_state=False, return_states=False)``
-    Mamba (v1). ``u``, ``delta``, ``z``: (batch, d, L); ``A``: (d, n); ``B``, ``C``: (batch, n, L);
-    ``D``: (d,). Returns ``y`` (batch, d, L), plus the final state (batch, d, n) and/or the
+    Mamba (v1). `u`, `delta`, `z`: (batch, d, L); `A`: (d, n); `B`, `C`: (batch, n, L);
+    `D`: (d,). Returns `y` (batch, d, L), plus the final state (batch, d, n) and/or the
     state after every position (batch, L, d, n) when asked.
 
 ``ssd_scan(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False,
 dt_limit=(0, inf), initial_states=None, *, return_final_states=False, return_states=False)``
-    Mamba2 (state space duality). ``x``: (batch, L, heads, head_dim); ``dt``: (batch, L, heads);
-    ``A``: (heads,); ``B``, ``C``: (batch, L, groups, n). Returns ``y`` (batch, L, heads, head_dim),
+    Mamba2 (state space duality). `x`: (batch, L, heads, head_dim); `dt`: (batch, L, heads);
+    `A`: (heads,); `B`, `C`: (batch, L, groups, n). Returns `y` (batch, L, heads, head_dim),
     plus the final state (batch, heads, head_dim, n) and/or every state (batch, L, heads, head_dim, n).
 
-The recurrence is ``h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * x_t`` and ``y_t = C_t . h_t (+ D x_t)``.
-Why chunks: the library's sequential path (``transformers``' ``mamba_selective_scan``) indexes one
+The recurrence is `h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * x_t` and `y_t = C_t . h_t (+ D x_t)`.
+Why chunks: the library's sequential path (`transformers`' `mamba_selective_scan`) indexes one
 position of a (batch, d, L, n) tensor per step; the backward of every such index allocates and
 fills a tensor of the full size, so its backward is quadratic in L. Here the sequence is cut
-into chunks of ``chunk_size`` positions:
+into chunks of `chunk_size` positions:
 
-* log-decays ``dt * A`` (all <= 0) are summed cumulatively inside each chunk; every decay the
-  scan multiplies with is ``exp`` of a difference of those sums that is <= 0 (a "segment sum"),
-  so nothing overflows whatever ``dt`` and ``A`` are;
+* log-decays `dt * A` (all <= 0) are summed cumulatively inside each chunk; every decay the
+  scan multiplies with is `exp` of a difference of those sums that is <= 0 (a "segment sum"),
+  so nothing overflows whatever `dt` and `A` are;
 * the states inside a chunk start from zero and are computed for all chunks at once
-  (Mamba: a recurrence over the ``chunk_size`` positions, vectorised over chunks, batch, d and n;
+  (Mamba: a recurrence over the `chunk_size` positions, vectorised over chunks, batch, d and n;
   Mamba2: the quadratic "attention-like" form inside a chunk, since its decay is one scalar per
   head);
 * the state carried into each chunk is a decayed sum of the earlier chunks' end states, again
   with segment sums over chunks (exponents <= 0), computed in parallel.
 
-Sequence lengths that are not a multiple of ``chunk_size`` are padded with positions of decay 1
+Sequence lengths that are not a multiple of `chunk_size` are padded with positions of decay 1
 and input 0, which leave the state unchanged, and cut off afterwards.
 
-On CPU tensors both functions run the fused C++ kernel of :mod:`probekit_mamba._kernel` when it
+On CPU tensors both functions run the fused C++ kernel of `probekit_mamba._kernel` when it
 can be built (one pass over the sequence with the states kept in cache, and a hand-written
-backward that recomputes each chunk's states from a checkpoint; ``chunk_size`` is then the
+backward that recomputes each chunk's states from a checkpoint; `chunk_size` is then the
 checkpoint interval). The chunked PyTorch scan above is the fallback: other devices, no C++
-compiler, ``PROBEKIT_MAMBA_KERNEL=0``, or per-position states that need a gradient.
+compiler, `PROBEKIT_MAMBA_KERNEL=0`, or per-position states that need a gradient.
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ __all__ = ["linear_recurrence", "segment_sum", "selective_scan", "ssd_scan"]
 
 
 def segment_sum(x: torch.Tensor) -> torch.Tensor:
-    """``out[..., i, j] = x[..., j+1] + ... + x[..., i]`` for ``j <= i`` (0 on the diagonal), else ``-inf``.
+    """`out[..., i, j] = x[..., j+1] + ... + x[..., i]` for `j <= i` (0 on the diagonal), else `-inf`.
 
     Computed with a masked cumulative sum rather than a difference of two cumulative sums, so a
-    long run of large log-decays does not cancel catastrophically. With ``x <= 0`` every finite
-    entry is <= 0 and ``exp`` of it lies in [0, 1].
+    long run of large log-decays does not cancel catastrophically. With `x <= 0` every finite
+    entry is <= 0 and `exp` of it lies in [0, 1].
     """
     t = x.shape[-1]
     x = x[..., None].expand(*x.shape, t)  # [..., i(source), j] -> summed over the source index
@@ -72,12 +72,12 @@ def _pad_len(length: int, chunk_size: int) -> int:
 
 
 class _LinearRecurrence(torch.autograd.Function):
-    """``h[0] = x[0]``, ``h[i] = a[i] * h[i-1] + x[i]`` along dim 0, with a hand-written backward.
+    """`h[0] = x[0]`, `h[i] = a[i] * h[i-1] + x[i]` along dim 0, with a hand-written backward.
 
     Why not autograd through a Python loop: that records several graph nodes per step and keeps a
     list of step outputs plus their stacked copy. The backward of a linear recurrence is the same
-    recurrence run in reverse (``g[i] = dh[i] + a[i+1] * g[i+1]``), so forward and backward are
-    each ``len`` fused multiply-adds on contiguous slices, and only ``a`` and ``h`` are stored.
+    recurrence run in reverse (`g[i] = dh[i] + a[i+1] * g[i+1]`), so forward and backward are
+    each `len` fused multiply-adds on contiguous slices, and only `a` and `h` are stored.
     """
 
     @staticmethod
@@ -105,11 +105,11 @@ class _LinearRecurrence(torch.autograd.Function):
 
 
 class _ReadOut(torch.autograd.Function):
-    """``y = sum_n (local + from_start * starts) * C`` without storing the states for the backward.
+    """`y = sum_n (local + from_start * starts) * C` without storing the states for the backward.
 
-    ``local`` and ``from_start`` are stored anyway (by the recurrence and by ``exp``), so saving
+    `local` and `from_start` are stored anyway (by the recurrence and by `exp`), so saving
     them costs nothing; the states, as large again, are recomputed in the backward instead.
-    Shapes: ``local``, ``from_start`` (t, b, d, c, n); ``starts`` (1, b, d, c, n); ``C`` (t, b, 1, c, n).
+    Shapes: `local`, `from_start` (t, b, d, c, n); `starts` (1, b, d, c, n); `C` (t, b, 1, c, n).
     """
 
     @staticmethod
@@ -131,7 +131,7 @@ class _ReadOut(torch.autograd.Function):
 
 
 def linear_recurrence(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``h[i] = a[i] * h[i-1] + x[i]`` along dim 0 from ``h[-1] = 0`` (same shapes; differentiable)."""
+    """`h[i] = a[i] * h[i-1] + x[i]` along dim 0 from `h[-1] = 0` (same shapes; differentiable)."""
     return _LinearRecurrence.apply(a, x)
 
 
@@ -157,7 +157,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Mamba's selective scan (shapes: module docstring), in float32 (float64 inputs: float64).
 
-    Returns ``y`` alone, or ``(y, last_state)``, ``(y, states)`` or ``(y, last_state, states)``.
+    Returns `y` alone, or `(y, last_state)`, `(y, states)` or `(y, last_state, states)`.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -223,7 +223,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
 def _finish_mamba1(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
                    cdt: torch.dtype, in_dtype: torch.dtype, extra: list[torch.Tensor],
                    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """``y + D u``, gated by ``silu(z)``, and the extra outputs, in the input dtype."""
+    """`y + D u`, gated by `silu(z)`, and the extra outputs, in the input dtype."""
     if D is not None:
         y = y + u.to(cdt) * D.to(cdt)[None, :, None]
     if z is not None:
@@ -240,7 +240,7 @@ def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
              return_states: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Mamba2's scan (one decay per head; shapes: module docstring), in float32 (float64 inputs: float64).
 
-    Same arguments as mamba-ssm's ``mamba_chunk_scan_combined`` (without ``z``). Returns ``y``
+    Same arguments as mamba-ssm's `mamba_chunk_scan_combined` (without `z`). Returns `y`
     alone or with the final state and/or the state after every position, in that order.
     """
     if chunk_size < 1:
