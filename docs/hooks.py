@@ -4,6 +4,7 @@
 Schema that `probekit schema` prints, and `<!-- probekit:types -->` the table of every installed type.
 Both cover the core and the installed first-party plugins (those under plugins/probekit-*): a plugin
 installed beside them, such as plugins/_template, is not part of the reference.
+`<!-- probekit:template-reference -->` (on the plugin-writing page) documents the template's types.
 
 Tables are written as HTML, with every text escaped, so that no `|`, `<` or `*` in a description or
 a value can change the table's shape.
@@ -46,9 +47,10 @@ def _environ() -> dict[str, str]:
     return {**os.environ, "PROBEKIT_LOAD_PLUGINS": ",".join(first_party_plugins())}
 
 
-def load_schema() -> dict[str, Any]:
-    """What `probekit schema` prints with the core and the first-party plugins loaded."""
-    out = subprocess.run([sys.executable, "-m", "probekit", "schema"], env=_environ(), check=True,
+def load_schema(plugins: str | None = None) -> dict[str, Any]:
+    """What `probekit schema` prints with the core and the first-party plugins (or `plugins`) loaded."""
+    env = _environ() if plugins is None else {**os.environ, "PROBEKIT_LOAD_PLUGINS": plugins}
+    out = subprocess.run([sys.executable, "-m", "probekit", "schema"], env=env, check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out)
 
@@ -222,6 +224,27 @@ def spec_reference(schema: dict[str, Any] | None = None) -> str:
     return "\n".join(out)
 
 
+def template_reference() -> str:
+    """The spec options of the types plugins/_template registers, or how to see them when not installed."""
+    from importlib.metadata import entry_points
+
+    if not any(ep.name == "template" for ep in entry_points(group="probekit")):
+        return "<p>Install the template (<code>pip install -e plugins/_template</code>) to list its options here.</p>"
+    core, template = load_schema(""), load_schema("template")
+    links = {"TrainSpec": ("model.train", "spec.md#modeltrain")}
+    out: list[str] = []
+    for section, title in SECTIONS:
+        known = {v["properties"]["type"]["const"] for v in core["$defs"].get(section, {}).get("oneOf", [])}
+        for variant in template["$defs"].get(section, {}).get("oneOf", []):
+            name = variant["properties"]["type"]["const"]
+            if name in known:
+                continue
+            props = {k: v for k, v in variant["properties"].items() if k != "type"}
+            out += [f"### {title}: `{name}`", "", f"<p>{inline(variant.get('description', ''))}</p>", "",
+                    table(props, variant.get("required", []), links) if props else "<p>No options.</p>", ""]
+    return "\n".join(out)
+
+
 def types_table() -> str:
     import probekit
 
@@ -247,6 +270,8 @@ def on_config(config: Any, **kwargs: Any) -> Any:
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     if "<!-- probekit:spec-reference -->" in markdown:
         markdown = markdown.replace("<!-- probekit:spec-reference -->", spec_reference())
+    if "<!-- probekit:template-reference -->" in markdown:
+        markdown = markdown.replace("<!-- probekit:template-reference -->", template_reference())
     if "<!-- probekit:types -->" in markdown:
         markdown = markdown.replace("<!-- probekit:types -->", types_table())
     return markdown
