@@ -21,6 +21,10 @@ from typing import TYPE_CHECKING, Any
 from probekit._version import __version__
 from probekit.hookspecs import hookimpl
 
+#: The distribution this package belongs to; `probekit_core.check()` reads this line to tell it from the
+#: unrelated PyPI project that also installs a package named `probekit`.
+__distribution__ = "probekit-core"
+
 if TYPE_CHECKING:
     from probekit._adapter import PIL_INTERPOLATION, Layer, ModelAdapter
     from probekit._allocator import tune_allocator

@@ -10,7 +10,10 @@ from typing import Any
 
 from pydantic import Field
 
+import probekit_core.required  # noqa: F401  (first: stops with a clear message if `probekit` is not ours)
 from probekit import Options, hookimpl
+
+__version__ = "0.1.0"  # the one place of the version (pyproject.toml reads it)
 
 
 class NormsOptions(Options):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import probekit_core.required  # noqa: F401  (first: stops with a clear message if `probekit` is not ours)
 from probekit import hookimpl
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place of the version (pyproject.toml reads it)
 
 
 @hookimpl

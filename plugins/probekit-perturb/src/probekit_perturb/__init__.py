@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+import probekit_core.required  # noqa: F401  (first: stops with a clear message if `probekit` is not ours)
 from probekit import Options, SpecPath
 from probekit.hookspecs import hookimpl
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place of the version (pyproject.toml reads it)
 
 _P = "probekit_perturb.perturbations"
 _R = "probekit_perturb.representation"
