@@ -16,8 +16,8 @@ from probekit._data import luminance
 
 LAYER_KINDS = ("image", "map", "tokens", "vector", "logits", "state", "other")
 
-#: PIL resampling codes (as image-processor configs store them) -> ``torch.nn.functional.interpolate`` modes
 PIL_INTERPOLATION = {0: "nearest", 1: "bicubic", 2: "bilinear", 3: "bicubic", 4: "area", 5: "bilinear"}
+"""PIL resampling codes (as image-processor configs store them) -> `torch.nn.functional.interpolate` modes."""
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,18 @@ class ModelAdapter:
     and a `fingerprint` of the weights for cache keys.
     """
 
-    #: the wrapped model from its own library
     model: nn.Module
-    #: (C, H, W) of the images the model takes
+    """The wrapped model from its own library."""
     input_shape: tuple[int, int, int] = (3, 224, 224)
-    #: per-channel normalisation applied by :meth:`preprocess`
+    """(C, H, W) of the images the model takes."""
     mean: tuple[float, ...] = (0.0,)
+    """Per-channel mean that `preprocess` subtracts."""
     std: tuple[float, ...] = (1.0,)
-    #: resize interpolation of :meth:`preprocess` when an image's size differs
+    """Per-channel standard deviation that `preprocess` divides by."""
     interpolation: str = "bilinear"
-    #: short name of the adapter type (``module``, ``vit``, ...)
+    """Resize interpolation of `preprocess` when an image's size differs."""
     type_name: str = "model"
+    """Short name of the adapter type (`module`, `vit`, ...)."""
 
     _layers: list[Layer] | None = None
 

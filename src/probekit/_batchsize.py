@@ -52,8 +52,8 @@ from probekit._errors import RunError
 if TYPE_CHECKING:
     from probekit._context import RunContext
 
-#: what a ``batch_size`` option holds: a positive number, or ``"auto"``
 BatchSizeOption = int | Literal["auto"]
+"""What a `batch_size` option holds: a positive number, or `"auto"`."""
 
 GiB = 1024**3
 

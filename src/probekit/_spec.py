@@ -53,15 +53,17 @@ def _batch_size(value: Any) -> Any:
     return value
 
 
-#: A path in a spec, resolved relative to the spec file's folder.
 SpecPath = Annotated[Path, AfterValidator(_resolve_path)]
-#: Like :data:`SpecPath`, and the file or folder must exist.
+"""A path in a spec, resolved relative to the spec file's folder."""
 ExistingPath = Annotated[Path, AfterValidator(_existing_path)]
-#: A training batch size: a positive number, or ``"auto"`` for the largest that fits in memory
-#: (found once per run and kept for ``--resume``; see :mod:`probekit._batchsize`).
+"""Like `SpecPath`, and the file or folder must exist."""
 BatchSize = Annotated[Annotated[int, Field(ge=1)] | Literal["auto"], BeforeValidator(_batch_size)]
-#: Description of :data:`BatchSize` options in the schema.
+"""A training batch size: a positive number, or `"auto"` for the largest that fits in memory.
+
+Found once per run and kept for `--resume` (see `probekit.resolve_batch_size`).
+"""
 BATCH_SIZE_HELP = "Training batch size, or 'auto': the largest that fits in memory (kept for --resume)."
+"""Description of `BatchSize` options in the schema."""
 
 
 class Options(BaseModel):

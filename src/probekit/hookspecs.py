@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from probekit._context import RunContext
 
 hookspec = pluggy.HookspecMarker("probekit")
+"""Marks the hook specifications below."""
 hookimpl = pluggy.HookimplMarker("probekit")
+"""Marks a plugin's hook implementations: decorate them with `@probekit.hookimpl`."""
 
 
 class Register(Protocol):
