@@ -245,18 +245,31 @@ def template_reference() -> str:
     return "\n".join(out)
 
 
+def _distributions() -> dict[str, str]:
+    """Plugin name -> the distribution that provides it (the core's for the built-in plugins)."""
+    from importlib.metadata import entry_points
+
+    core = re.search(r'^name = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
+    names = {ep.name: ep.dist.name for ep in entry_points(group="probekit") if ep.dist is not None}
+    return {"": core.group(1) if core else "probekit", **names}
+
+
 def types_table() -> str:
     import probekit
 
     os.environ["PROBEKIT_LOAD_PLUGINS"] = _environ()["PROBEKIT_LOAD_PLUGINS"]  # before the manager exists
     pm = probekit.get_plugin_manager()
+    dists = _distributions()
     rows = ["<table>", "<thead><tr><th>kind</th><th>name</th><th>provided by</th><th>description</th></tr></thead>",
             "<tbody>"]
     for kind in probekit.KINDS:
         for name in pm.names(kind):
             e = pm.get(kind, name)
-            rows.append(f"<tr><td>{html.escape(kind[:-1])}</td><td><code>{html.escape(name)}</code></td>"
-                        f"<td><code>{html.escape(e.provider)}</code></td><td>{inline(e.description)}</td></tr>")
+            dist = dists[""] if e.provider.startswith("probekit.builtin") else dists.get(e.provider, e.provider)
+            rows.append(f"<tr><td>{html.escape(kind[:-1])}</td>"
+                        f'<td style="white-space: nowrap"><code>{html.escape(name)}</code></td>'
+                        f'<td style="white-space: nowrap">{html.escape(dist)}</td>'
+                        f"<td>{inline(e.description)}</td></tr>")
     rows += ["</tbody>", "</table>"]
     return "\n".join(rows)
 
