@@ -2,13 +2,15 @@
 
 Every family takes the shape of its encoder input (pixels, or another model's layer when attached)
 and the shape of the image to reconstruct, so the same code serves MNIST (1x28x28), 8x8 digits and
-CIFAR-10 (3x32x32). Decoders end in ``tanh``: reconstructions are pixels in [-1, 1].
+CIFAR-10 (3x32x32). The FC and CNN decoders end in `tanh`: reconstructions are pixels in [-1, 1];
+the ViT's ends in a linear layer, as in the study.
 
 Sizes follow the study's code (wiskott-lab/classification-reconstruction-encoder): FC hidden widths
 616 / 716-684-616, CNN-small 3 x (conv 16, BN, 2x2 max-pool), CNN-large 64-64-128-128-128 channels
-with 7/7/5/5/3 kernels, and an MAE-style ViT decoder. Unlike the study's CNNs (whose latent is the
-fixed 16x4x4 / 128x4x4 feature map), every family here ends in a linear layer to the latent size L,
-so that L can be swept for all families alike.
+with 7/7/5/5/3 kernels, and the study's tiny MAE-style ViT. Unlike the study's CNNs (whose latent is
+the fixed 16x4x4 / 128x4x4 feature map), the FC and CNN families end in a linear layer to the latent
+size L, so that L can be swept for all families alike. The ViT's latent is, as in the study, every
+token of its encoder: (1 + patches) tokens of width L (17 x L numbers on 28 x 28 images).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ CLASSIFIER_HIDDEN: dict[str, tuple[int, ...]] = {
     "fc-large": (64,),
     "cnn-small": (),
     "cnn-large": (256,),
-    "vit-tiny": (),
 }
 
 
@@ -36,7 +37,7 @@ def _activation(name: str) -> nn.Module:
 
 
 def _mlp(sizes: Sequence[int], *, last: nn.Module | None = None) -> nn.Sequential:
-    """Linear layers with ReLU between them (and ``last`` after the final one)."""
+    """Linear layers with ReLU between them (and `last` after the final one)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
@@ -48,7 +49,7 @@ def _mlp(sizes: Sequence[int], *, last: nn.Module | None = None) -> nn.Sequentia
 
 
 def _halve(size: tuple[int, int], times: int) -> list[tuple[int, int]]:
-    """Spatial sizes after ``times`` 2x2 poolings with ceil mode, starting with ``size``."""
+    """Spatial sizes after `times` 2x2 poolings with ceil mode, starting with `size`."""
     sizes = [size]
     for _ in range(times):
         h, w = sizes[-1]
@@ -57,9 +58,9 @@ def _halve(size: tuple[int, int], times: int) -> list[tuple[int, int]]:
 
 
 class TradeoffModel(nn.Module):
-    """An encoder, a decoder and a classifier sharing the encoder's output ``z`` (the latent).
+    """An encoder, a decoder and a classifier sharing the encoder's output `z` (the latent).
 
-    ``forward(x)`` returns ``z``; :func:`probekit_tradeoff._routing.routed_losses` runs the decoder
+    `forward(x)` returns `z`; `probekit_tradeoff._routing.routed_losses` runs the decoder
     and classifier on it with gradient routing.
     """
 
@@ -79,7 +80,7 @@ class TradeoffModel(nn.Module):
 
 # -- fully connected -----------------------------------------------------------------------------
 class Unflatten(nn.Module):
-    """Reshape vectors to ``shape`` (per example)."""
+    """Reshape vectors to `shape` (per example)."""
 
     def __init__(self, shape: Sequence[int]):
         super().__init__()
@@ -144,7 +145,7 @@ def cnn_encoder(family: str, in_shape: Sequence[int], latent: int, activation: s
 
 
 def _up(cin: int, cout: int, size_in: tuple[int, int], size_out: tuple[int, int]) -> nn.ConvTranspose2d:
-    """A stride-2 transposed conv from ``size_in`` to exactly ``size_out`` (= 2 * size_in or one less)."""
+    """A stride-2 transposed conv from `size_in` to exactly `size_out` (= 2 * size_in or one less)."""
     pad = tuple(o - 2 * i + 1 for i, o in zip(size_in, size_out))
     assert all(p in (0, 1) for p in pad), (size_in, size_out)
     return nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=pad)
@@ -179,7 +180,7 @@ def cnn_decoder(family: str, latent: int, image_shape: Sequence[int]) -> nn.Modu
     )
 
 
-# -- ViT with an MAE-style decoder ---------------------------------------------------------------
+# -- ViT (the study's CRE-ViT: MAE-style, the latent is every token) -----------------------------
 def sincos_pos_embed(dim: int, grid: tuple[int, int]) -> torch.Tensor:
     """Fixed 2-D sine-cosine position embeddings (grid_h * grid_w, dim), as in MAE."""
     if dim % 4:
@@ -198,6 +199,7 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def _blocks(width: int, depth: int, heads: int, mlp_ratio: float) -> nn.TransformerEncoder:
+    """Pre-norm transformer blocks (LayerNorm, attention with qkv bias, GELU MLP), as timm's `Block`."""
     layer = nn.TransformerEncoderLayer(
         width,
         heads,
@@ -210,84 +212,102 @@ def _blocks(width: int, depth: int, heads: int, mlp_ratio: float) -> nn.Transfor
     return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
 
-class ViTEncoder(nn.Module):
-    """Patch embedding + class token + fixed sin-cos positions + pre-norm transformer blocks.
+#: the study's tiny ViT (`train_cre_vit.py`): a 4 x 4 patch grid (patch 7 on 28 x 28), 4 heads,
+#: MLP ratio 4, one encoder and one decoder block, token width = the latent size L
+VIT_GRID, VIT_HEADS, VIT_MLP_RATIO, VIT_DEPTH = 4, 4, 4.0, 1
 
-    The latent is a linear map of the mean of the patch tokens (the study's classifier pools the
-    same way), so that it is one vector of size L like the other families'.
+
+def vit_patch(image_shape: Sequence[int]) -> int:
+    """Patch size giving the study's 4 x 4 grid: 7 for 28 x 28, 2 for 8 x 8, 8 for 32 x 32."""
+    return max(1, math.ceil(max(image_shape[1:]) / VIT_GRID))
+
+
+def vit_tokens(image_shape: Sequence[int]) -> int:
+    """Tokens of the ViT latent for an image shape: the class token and one per patch (17 for MNIST)."""
+    p = vit_patch(image_shape)
+    return 1 + math.ceil(image_shape[1] / p) * math.ceil(image_shape[2] / p)
+
+
+def _xavier(module: nn.Module) -> None:
+    """MAE's initialisation: Xavier-uniform linear layers (and patch embedding), zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.MultiheadAttention):
+            nn.init.xavier_uniform_(m.in_proj_weight)
+            nn.init.zeros_(m.in_proj_bias)
+
+
+class ViTEncoder(nn.Module):
+    """Patch embedding, sin-cos positions, class token, pre-norm blocks and a final LayerNorm.
+
+    As the study's `EncoderViT`, the output, the latent, is every token: (N, 1 + patches, L), the
+    class token first; the token width is the latent size L.
     """
 
-    def __init__(
-        self,
-        image_shape: Sequence[int],
-        latent: int,
-        activation: str,
-        *,
-        patch: int = 4,
-        width: int = 64,
-        depth: int = 4,
-        heads: int = 4,
-        mlp_ratio: float = 2.0,
-    ):
+    def __init__(self, image_shape: Sequence[int], latent: int):
         super().__init__()
         c, h, w = image_shape
-        self.patch = patch
-        self.grid = (math.ceil(h / patch), math.ceil(w / patch))
-        self.pad = (0, self.grid[1] * patch - w, 0, self.grid[0] * patch - h)
-        self.embed = nn.Conv2d(c, width, patch, stride=patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.patch = p = vit_patch(image_shape)
+        self.grid = (math.ceil(h / p), math.ceil(w / p))
+        self.pad = (0, self.grid[1] * p - w, 0, self.grid[0] * p - h)
+        self.embed = nn.Conv2d(c, latent, p, stride=p)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, latent))
+        self.register_buffer("pos", sincos_pos_embed(latent, self.grid).unsqueeze(0), persistent=False)
+        self.blocks = _blocks(latent, VIT_DEPTH, VIT_HEADS, VIT_MLP_RATIO)
+        self.norm = nn.LayerNorm(latent)
+        _xavier(self)
         nn.init.normal_(self.cls_token, std=0.02)
-        self.register_buffer("pos", sincos_pos_embed(width, self.grid).unsqueeze(0), persistent=False)
-        self.blocks = _blocks(width, depth, heads, mlp_ratio)
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Sequential(nn.Linear(width, latent), _activation(activation))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.pad(x, self.pad)
         tokens = self.embed(x).flatten(2).transpose(1, 2) + self.pos
-        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1)
-        tokens = self.norm(self.blocks(tokens))
-        return self.head(tokens[:, 1:].mean(1))
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1)  # class position: 0
+        return self.norm(self.blocks(tokens))
 
 
-class MAEDecoder(nn.Module):
-    """MAE-style decoder: the latent becomes one visible token; every patch is a mask token plus its
-    position, and transformer blocks let the mask tokens read the latent; a linear layer predicts
-    each patch's pixels."""
+class ViTDecoder(nn.Module):
+    """The study's `DecoderViT` without masking: a linear embedding of every latent token, sin-cos
+    positions, pre-norm blocks, LayerNorm and a linear prediction of each patch's pixels (no output
+    activation, as in the study); the class token's prediction is dropped."""
 
-    def __init__(
-        self,
-        latent: int,
-        image_shape: Sequence[int],
-        *,
-        patch: int = 4,
-        width: int = 64,
-        depth: int = 2,
-        heads: int = 4,
-        mlp_ratio: float = 2.0,
-    ):
+    def __init__(self, latent: int, image_shape: Sequence[int]):
         super().__init__()
         c, h, w = image_shape
         self.image_shape = (c, h, w)
-        self.patch = patch
-        self.grid = (math.ceil(h / patch), math.ceil(w / patch))
-        self.embed = nn.Linear(latent, width)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        nn.init.normal_(self.mask_token, std=0.02)
-        self.register_buffer("pos", sincos_pos_embed(width, self.grid).unsqueeze(0), persistent=False)
-        self.blocks = _blocks(width, depth, heads, mlp_ratio)
-        self.norm = nn.LayerNorm(width)
-        self.pred = nn.Linear(width, patch * patch * c)
+        self.patch = p = vit_patch(image_shape)
+        self.grid = (math.ceil(h / p), math.ceil(w / p))
+        self.embed = nn.Linear(latent, latent)
+        pos = torch.cat([torch.zeros(1, latent), sincos_pos_embed(latent, self.grid)])
+        self.register_buffer("pos", pos.unsqueeze(0), persistent=False)
+        self.blocks = _blocks(latent, VIT_DEPTH, VIT_HEADS, VIT_MLP_RATIO)
+        self.norm = nn.LayerNorm(latent)
+        self.pred = nn.Linear(latent, p * p * c)
+        _xavier(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         n = len(z)
-        masks = self.mask_token.expand(n, self.grid[0] * self.grid[1], -1) + self.pos
-        tokens = torch.cat([self.embed(z).unsqueeze(1), masks], dim=1)
-        patches = self.pred(self.norm(self.blocks(tokens))[:, 1:])  # (N, gh*gw, p*p*C)
+        patches = self.pred(self.norm(self.blocks(self.embed(z) + self.pos)))[:, 1:]  # (N, gh*gw, p*p*C)
         c, h, w = self.image_shape
         p, (gh, gw) = self.patch, self.grid
         img = patches.reshape(n, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, gh * p, gw * p)
-        return torch.tanh(img[:, :, :h, :w])
+        return img[:, :, :h, :w]
+
+
+class ViTClassifier(nn.Module):
+    """The study's `ClassifierViT`: mean of the patch tokens (class token left out), a BatchNorm without
+    affine parameters, and a linear layer."""
+
+    def __init__(self, latent: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(latent, affine=False, eps=1e-6)
+        self.linear = nn.Linear(latent, num_classes)
+        _xavier(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(z[:, 1:].mean(1)))
 
 
 # -- assembly -------------------------------------------------------------------------------------
@@ -300,10 +320,10 @@ def build_model(
     num_classes: int,
     activation: str = "none",
 ) -> TradeoffModel:
-    """A :class:`TradeoffModel` of ``family`` with latent size ``latent``.
+    """A `TradeoffModel` of `family` with latent size `latent`.
 
-    ``in_shape`` is the encoder's input shape per example (the image's, or an attached layer's);
-    ``image_shape`` is the (C, H, W) the decoder reconstructs.
+    `in_shape` is the encoder's input shape per example (the image's, or an attached layer's);
+    `image_shape` is the (C, H, W) the decoder reconstructs.
     """
     if family in FC_HIDDEN:
         encoder = fc_encoder(family, in_shape, latent, activation)
@@ -314,8 +334,11 @@ def build_model(
     elif family == "vit-tiny":
         if tuple(in_shape) != tuple(image_shape):
             raise ValueError("vit-tiny embeds pixels itself; it cannot take another model's layer")
-        encoder = ViTEncoder(image_shape, latent, activation)
-        decoder = MAEDecoder(latent, image_shape)
+        if latent % VIT_HEADS:
+            raise ValueError(f"vit-tiny needs latent sizes (token widths) that are multiples of {VIT_HEADS}")
+        encoder = ViTEncoder(image_shape, latent)
+        decoder = ViTDecoder(latent, image_shape)
+        return TradeoffModel(encoder, decoder, ViTClassifier(latent, num_classes), family=family, latent=latent)
     else:
         raise ValueError(f"unknown family '{family}'")
     classifier = _mlp([latent, *CLASSIFIER_HIDDEN[family], num_classes])

@@ -1,4 +1,4 @@
-"""Options of the ``tradeoff`` probe (pydantic only: no torch import here)."""
+"""Options of the `tradeoff` probe (pydantic only: no torch import here)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ FAMILIES: tuple[str, ...] = ("fc-small", "fc-medium", "fc-large", "cnn-small", "
 
 
 class EncoderOptions(Options):
-    """``encoder:``: feed a layer of another model (an adapter) into the tradeoff's encoder."""
+    """`encoder:`: feed a layer of another model (an adapter) into the tradeoff's encoder."""
 
     model: dict[str, Any] = Field(
         ...,
@@ -61,7 +61,7 @@ class EncoderOptions(Options):
 
 
 class TradeoffOptions(Options):
-    """Options of the ``tradeoff`` probe. Every (family, latent, lambda) point is trained on its own."""
+    """Options of the `tradeoff` probe. Every (family, latent, lambda) point is trained on its own."""
 
     families: list[Literal["fc-small", "fc-medium", "fc-large", "cnn-small", "cnn-large", "vit-tiny"]] = (
         Field(
@@ -93,8 +93,9 @@ class TradeoffOptions(Options):
     )
     latent_activation: Literal["none", "relu", "tanh"] = Field(
         "none",
-        description="Activation on the latent layer. The study's FC encoders end in ReLU; 'none' "
-        "(linear latent) avoids dead units at tiny L.",
+        description="Activation on the latent layer of the fc-* and cnn-* families. The study's FC "
+        "encoders end in ReLU (`relu`); `none` (a linear latent) avoids dead units at tiny L. vit-tiny's "
+        "latent is its encoder's normalised tokens, as in the study, whatever this option says.",
     )
     baselines: list[Literal["pca", "random"]] = Field(
         default_factory=lambda: ["pca", "random"],
@@ -136,6 +137,16 @@ class TradeoffOptions(Options):
         if len(set(v)) != len(v):
             raise ValueError("families must be distinct")
         return v
+
+    @model_validator(mode="after")
+    def _vit_latents(self) -> TradeoffOptions:
+        bad = [x for x in self.latents if x % 4]
+        if "vit-tiny" in self.families and bad:
+            raise ValueError(
+                f"vit-tiny's latent size is its token width, a multiple of its 4 attention heads; "
+                f"{bad} are not (use e.g. latents: [4, 8, 16])"
+            )
+        return self
 
     @model_validator(mode="after")
     def _attach_families(self) -> TradeoffOptions:
