@@ -2,19 +2,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep feature and model caches out of the user's home."""
-    monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path_factory.getbasetemp() / "probekit-cache"))
 
 
 @pytest.fixture

@@ -1,16 +1,30 @@
-"""Tiny real models for tests and offline examples (like captum's test models).
+"""Tiny real models for tests and offline examples (like captum's test models), and test helpers.
 
-They are ordinary `nn.Module` factories, usable with the `module` adapter:
+The models are ordinary `nn.Module` factories, usable with the `module` adapter:
 `model: {type: module, factory: "probekit.testing:small_cnn"}`.
+
+This module is also a pytest plugin (entry point `pytest11: probekit`), so every test session
+with probekit installed, a plugin's tests among them, gets without copying: the `slow` marker,
+the Agg matplotlib backend, and feature and model caches kept in the session's temporary
+directory instead of the user's home (the autouse fixture `probekit_cache`). The module imports
+torch only when a model is built and pytest only when pytest loads it, so that the plugin costs
+nothing and the models work without pytest installed.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
+try:
+    import pytest
+except ImportError:  # the models work without pytest
+    pytest = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from probekit._context import RunContext
 
 
@@ -20,6 +34,8 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> n
     Module paths: `0` conv, `1` batch norm, `2` ReLU, `3`-`5` the same again,
     `6` 2x2 max pool, `7` conv, `8` ReLU, `9` global pool, `10` flatten, `11` linear head.
     """
+    from torch import nn
+
     return nn.Sequential(
         nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
         nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
@@ -31,6 +47,8 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> n
 
 def mlp(in_features: int = 64, hidden: int = 64, num_classes: int = 10, depth: int = 2) -> nn.Sequential:
     """An MLP classifier on flattened images: Flatten, (Linear, ReLU) x depth, Linear."""
+    from torch import nn
+
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for _ in range(depth):
@@ -61,6 +79,17 @@ def execute_run(run: RunContext) -> dict[str, Any]:
     return execute(run)
 
 
+def read_metrics(run_dir: Any) -> dict[str, Any]:
+    """A run directory's metrics.json without its `provenance` (date, host, ...: it differs between runs,
+    so compare these to check that two runs gave the same results)."""
+    import json
+    from pathlib import Path
+
+    results = json.loads((Path(run_dir) / "metrics.json").read_text())
+    results.pop("provenance", None)
+    return results
+
+
 def limit_memory(monkeypatch: Any, nbytes: int) -> None:
     """Make `batch_size: auto` on the CPU see only `nbytes` of available memory (a pytest monkeypatch)."""
     monkeypatch.setattr("probekit._batchsize.available_memory", lambda: nbytes)
@@ -75,3 +104,20 @@ def isolated_plugins(monkeypatch: Any, plugins: dict[str, Any]) -> Any:
         pm.register(plugin, name=name)
     monkeypatch.setattr(_plugins, "_manager", pm)
     return pm
+
+
+# -- the pytest plugin ------------------------------------------------------------------------------
+def pytest_configure(config: Any) -> None:
+    """Register the `slow` marker (longer end-to-end tests); figures render without a display."""
+    config.addinivalue_line("markers", "slow: longer end-to-end tests")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+if pytest is not None:
+
+    @pytest.fixture(autouse=True)
+    def probekit_cache(tmp_path_factory: Any, monkeypatch: Any) -> Iterator[Any]:
+        """Feature and model caches in the test session's temporary directory, not the user's home."""
+        path = tmp_path_factory.getbasetemp() / "probekit-cache"
+        monkeypatch.setenv("PROBEKIT_CACHE", str(path))
+        yield path

@@ -1,8 +1,9 @@
+# Offline before transformers reads these at import; caches, markers and the figure backend come from
+# probekit.testing, a pytest plugin that probekit-core installs.
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
 # One torch thread: on cores shared with other jobs, spinning OpenMP threads make tiny ops 10-30x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -16,12 +17,6 @@ torch.set_num_threads(1)
 
 # the test helpers module lives next to this file
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep feature and model caches out of the user's home."""
-    monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path_factory.getbasetemp() / "probekit-cache"))
 
 
 @pytest.fixture
