@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from probekit._checkpoint import atomic_open, load_state_dict, write_json
     from probekit._checkpoint import load as load_checkpoint
     from probekit._checkpoint import save as save_checkpoint
+    from probekit._color import hsv_to_rgb, rgb_to_hsv
     from probekit._context import RunContext
     from probekit._data import DataBundle, DataInfo, TensorImageDataset, luminance
     from probekit._distributed import all_gather, alone, batches_of, group_size, rank_batches, spread
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
         create_probe,
     )
     from probekit._runner import run
+    from probekit._seeds import SeedResults
+    from probekit._seeds import Table as SeedTable
+    from probekit._seeds import aggregate as aggregate_seeds
     from probekit._spec import (
         BATCH_SIZE_HELP,
         BatchSize,
@@ -61,6 +65,7 @@ if TYPE_CHECKING:
         load_spec,
         spec_error_from_validation,
     )
+    from probekit._stats import Finding, Interval, baseline_warning, compare
     from probekit._training import Trainer, epoch_seed
     from probekit.builtin._datasets import FolderDataset
 
@@ -79,6 +84,10 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ExistingPath": ("_spec", "ExistingPath"), "SpecPath": ("_spec", "SpecPath"),
     "spec_error_from_validation": ("_spec", "spec_error_from_validation"),
     "run": ("_runner", "run"), "RunContext": ("_context", "RunContext"),
+    # numbers over seeds
+    "Interval": ("_stats", "Interval"), "Finding": ("_stats", "Finding"), "compare": ("_stats", "compare"),
+    "baseline_warning": ("_stats", "baseline_warning"), "SeedResults": ("_seeds", "SeedResults"),
+    "SeedTable": ("_seeds", "Table"), "aggregate_seeds": ("_seeds", "aggregate"),
     # errors
     "ProbekitError": ("_errors", "ProbekitError"), "SpecError": ("_errors", "SpecError"),
     "RunError": ("_errors", "RunError"), "did_you_mean": ("_errors", "did_you_mean"),
@@ -88,6 +97,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Probe": ("_probe", "Probe"), "Metric": ("_metric", "Metric"),
     "DataBundle": ("_data", "DataBundle"), "DataInfo": ("_data", "DataInfo"),
     "TensorImageDataset": ("_data", "TensorImageDataset"), "luminance": ("_data", "luminance"),
+    "rgb_to_hsv": ("_color", "rgb_to_hsv"), "hsv_to_rgb": ("_color", "hsv_to_rgb"),
     "FolderDataset": ("builtin._datasets", "FolderDataset"),
     # activations and features
     "capture": ("_capture", "capture"), "CapturePoint": ("_capture", "CapturePoint"),
@@ -110,13 +120,15 @@ _LAZY: dict[str, tuple[str, str]] = {
 
 __all__ = [
     "BATCH_SIZE_HELP", "BatchSize", "BatchSizeOption", "CapturePoint", "DataBundle", "DataInfo", "ExistingPath",
-    "FeatureCache", "FeatureSet", "FolderDataset", "KINDS", "Layer", "LoadedSpec", "Metric", "ModelAdapter",
-    "Options", "PIL_INTERPOLATION", "PluginManager", "Probe", "ProbekitError", "RunContext", "RunError", "SpecError",
-    "SpecPath", "TensorImageDataset", "Trainer", "__version__", "all_gather", "alone", "atomic_open", "batches_of",
-    "cache_key", "capture", "create_dataset", "create_metric", "create_model", "create_perturbation", "create_probe",
-    "did_you_mean", "epoch_seed", "get_plugin_manager", "group_size", "hookimpl", "json_schema", "load_checkpoint",
-    "load_hf_config", "load_spec", "load_state_dict", "luminance", "rank_batches", "resolve_batch_size", "run",
-    "save_checkpoint", "spec_error_from_validation", "spread", "tune_allocator", "write_json",
+    "FeatureCache", "FeatureSet", "Finding", "FolderDataset", "Interval", "KINDS", "Layer", "LoadedSpec", "Metric",
+    "ModelAdapter", "Options", "PIL_INTERPOLATION", "PluginManager", "Probe", "ProbekitError", "RunContext",
+    "RunError", "SeedResults", "SeedTable", "SpecError", "SpecPath", "TensorImageDataset", "Trainer", "__version__",
+    "aggregate_seeds", "all_gather", "alone", "atomic_open", "baseline_warning", "batches_of", "cache_key",
+    "capture", "compare", "create_dataset", "create_metric", "create_model", "create_perturbation", "create_probe",
+    "did_you_mean", "epoch_seed", "get_plugin_manager", "group_size", "hookimpl", "hsv_to_rgb", "json_schema",
+    "load_checkpoint", "load_hf_config", "load_spec", "load_state_dict", "luminance", "rank_batches",
+    "resolve_batch_size", "rgb_to_hsv", "run", "save_checkpoint", "spec_error_from_validation", "spread",
+    "tune_allocator", "write_json",
 ]
 
 

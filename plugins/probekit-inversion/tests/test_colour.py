@@ -11,13 +11,13 @@ import pytest
 import torch
 from inversion_helpers import TestModels
 from PIL import Image
-from probekit_inversion.analyses import colour_masks, hue_distance, rgb_to_hsv
+from probekit_inversion.analyses import colour_masks, hue_distance
 from probekit_inversion.options import ColourOptions
 from probekit_inversion.probe import InversionProbe
 from test_probe import _exact_fit
 
 import probekit
-from probekit import SpecError
+from probekit import SpecError, rgb_to_hsv
 
 
 def test_rgb_to_hsv_matches_colorsys():

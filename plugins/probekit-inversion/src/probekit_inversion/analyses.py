@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probekit import RunContext, SpecError
+from probekit import RunContext, SpecError, rgb_to_hsv
 
 # -- layer correlation ------------------------------------------------------------------------------
 
@@ -119,21 +119,6 @@ def colour_perturbations(run: RunContext, options: Any) -> dict[str, Callable[..
                 fix=exc.fix or "Install probekit-perturb.",
             ) from None
     return out
-
-
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """RGB in [0, 1] (N3HW) -> HSV with hue in [0, 1) (N3HW)."""
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
-    mx, argmx = x.max(1)
-    mn = x.min(1).values
-    delta = mx - mn
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    h = torch.where(
-        argmx == 0, ((g - b) / safe) % 6, torch.where(argmx == 1, (b - r) / safe + 2, (r - g) / safe + 4)
-    )
-    h = torch.where(delta > 0, h / 6.0, torch.zeros_like(h))
-    s = torch.where(mx > 0, delta / torch.where(mx > 0, mx, torch.ones_like(mx)), torch.zeros_like(mx))
-    return torch.stack([h % 1.0, s, mx], 1)
 
 
 def hue_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -313,6 +298,9 @@ def colour(run: RunContext, probe: Any) -> dict[str, Any]:
         recs = {n: probe.to_image(run, probe.decoder_for(n)(states[n])) for n in names}
         return recs, probe.to_image(run, inputs), output
 
+    # the figure shows the most colourful image: the highest mean saturation inside its region
+    saturation = (rgb_to_hsv(images)[:, 1:2] * masks).flatten(1).sum(1) / masks.flatten(1).sum(1).clamp_min(1)
+    shown_index = int(saturation.argmax())
     with torch.no_grad():
         clean: list[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]] = []
         for idx in torch.arange(len(images)).split(bs):
@@ -323,6 +311,7 @@ def colour(run: RunContext, probe: Any) -> dict[str, Any]:
             acc: dict[str, dict[str, float]] = {n: dict.fromkeys(keys, 0.0) for n in names}
             changed = shift = 0.0
             total = 0
+            own = {"hue": 0.0, "n": 0.0}  # the input's own hue change (perturbed vs clean), the reference
             for b, idx in enumerate(torch.arange(len(images)).split(bs)):
                 x, m = images[idx].to(run.device), masks[idx].to(run.device)
                 xp = perturb(x, mask=m, generator=g).clamp(0, 1)
@@ -331,6 +320,9 @@ def colour(run: RunContext, probe: Any) -> dict[str, Any]:
                 mm = F.interpolate(m.float(), size=shown_p.shape[-2:], mode="nearest") > 0.5
                 hsv_p, hsv_c = rgb_to_hsv(shown_p), rgb_to_hsv(shown_c)
                 d_in = (shown_p - shown_c) * mm
+                both = mm[:, 0] & (hsv_p[:, 1] >= opts.min_saturation) & (hsv_c[:, 1] >= opts.min_saturation)
+                own["hue"] += float(hue_distance(hsv_p[:, 0], hsv_c[:, 0])[both].sum())
+                own["n"] += float(both.sum())
                 for n in names:
                     d_rec = (recs_p[n] - recs_c[n]) * mm
                     a = acc[n]
@@ -351,9 +343,10 @@ def colour(run: RunContext, probe: Any) -> dict[str, Any]:
                     tv = 0.5 * (logits_c.softmax(-1) - logits_p.softmax(-1)).abs().sum(-1)
                     shift += float(tv.mean()) * len(idx)
                 total += len(idx)
-                if b == 0:
-                    examples[entry] = [shown_p[0].cpu()] + [recs_p[n][0].cpu() for n in names]
-                    examples.setdefault("clean", [shown_c[0].cpu()] + [recs_c[n][0].cpu() for n in names])
+                if int(idx[0]) <= shown_index <= int(idx[-1]):
+                    j = shown_index - int(idx[0])
+                    examples[entry] = [shown_p[j].cpu()] + [recs_p[n][j].cpu() for n in names]
+                    examples.setdefault("clean", [shown_c[j].cpu()] + [recs_c[n][j].cpu() for n in names])
             res: dict[str, Any] = {}
             for n in names:
                 a = acc[n]
@@ -368,6 +361,9 @@ def colour(run: RunContext, probe: Any) -> dict[str, Any]:
                 rows += [
                     {"perturbation": entry, "layer": n, "metric": k, "value": v} for k, v in values.items()
                 ]
+            res["input"] = {"hue_change": own["hue"] / own["n"] if own["n"] else float("nan")}
+            rows.append({"perturbation": entry, "layer": "input", "metric": "hue_change",
+                         "value": res["input"]["hue_change"]})
             if clean[0][2] is not None:
                 res["model"] = {"prediction_changed": changed / total, "probability_shift": shift / total}
                 rows += [
@@ -377,28 +373,47 @@ def colour(run: RunContext, probe: Any) -> dict[str, Any]:
             results[entry] = res
     run.write_csv("results_colour.csv", rows, ["perturbation", "layer", "metric", "value"])
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.3))
-    for entry in perturbations:
-        axes[0].plot(range(len(names)), [results[entry][n]["change_kept"] for n in names], "o-", label=entry)
-        axes[1].plot(range(len(names)), [results[entry][n]["hue_error"] for n in names], "o-", label=entry)
-    for ax, title in zip(axes, ("colour change kept (1 = all)", "hue error to perturbed input (deg)")):
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-        ax.set_title(title, fontsize=9)
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    labels = [probe.label(n) for n in names]
+    for k, entry in enumerate(perturbations):
+        colour_k = f"C{k}"
+        axes[0].plot(range(len(names)), [results[entry][n]["change_kept"] for n in names], "o-", color=colour_k,
+                     label=entry)
+        axes[1].plot(range(len(names)), [results[entry][n]["hue_error"] for n in names], "o-", color=colour_k,
+                     label=entry)
+        own_change = results[entry]["input"]["hue_change"]
+        if own_change == own_change:  # NaN for grayscale: no hue
+            axes[1].axhline(own_change, color=colour_k, ls=":", lw=1)
+    axes[0].axhline(1.0, color="0.5", ls=":", lw=1)
+    axes[1].plot([], [], color="0.4", ls=":", label="the input's own hue change")
+    axes[0].set_ylabel("colour change kept (slope; 1 = all, 0 = none)")
+    axes[1].set_ylabel("hue error to the perturbed input (degrees)")
+    axes[1].set_ylim(0, 180)
+    for ax in axes:
+        ax.set_xticks(range(len(names)), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_xlabel("reconstructed from")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Colour perturbations in the reconstructions (dotted: the perturbation's hue change in the "
+                 "input; a reconstruction that ignores the change reaches it)", fontsize=8)
     fig.tight_layout()
     run.save_figure(fig, "colour_vs_depth.png")
     order = ["clean", *perturbations]
     fig = image_grid(
         [examples[k] for k in order],
-        ["input", *names],
+        ["input", *labels],
         row_titles=order,
         title="Colour perturbations and their reconstructions",
     )
     run.save_figure(fig, "colour_reconstructions.png")
     table = [
-        "| perturbation | " + " | ".join(f"`{n}`" for n in names) + " | prediction changed |",
+        "| perturbation | " + " | ".join(f"`{n}`" for n in labels) + " | prediction changed |",
         "|---|" + "---|" * (len(names) + 1),
+    ]
+    hue_table = [
+        "| perturbation | input's own hue change | " + " | ".join(f"`{n}`" for n in labels) + " |",
+        "|---|---|" + "---|" * len(names),
     ]
     for entry in perturbations:
         pc = results[entry].get("model", {}).get("prediction_changed", float("nan"))
@@ -406,6 +421,10 @@ def colour(run: RunContext, probe: Any) -> dict[str, Any]:
             f"| {entry} | "
             + " | ".join(f"{results[entry][n]['change_kept']:.3f}" for n in names)
             + f" | {pc:.3f} |"
+        )
+        hue_table.append(
+            f"| {entry} | {results[entry]['input']['hue_change']:.1f} | "
+            + " | ".join(f"{results[entry][n]['hue_error']:.1f}" for n in names) + " |"
         )
     run.add_report(
         "Colour robustness",
@@ -417,6 +436,12 @@ def colour(run: RunContext, probe: Any) -> dict[str, Any]:
                 "",
                 *table,
                 "",
+                "Hue error (degrees) between each perturbed input and its reconstruction, beside the "
+                "hue change the perturbation made in the input: a reconstruction that keeps the new "
+                "colour stays well below it, one that paints the old colour back reaches it.",
+                "",
+                *hue_table,
+                "",
                 "![colour vs depth](figures/colour_vs_depth.png)",
                 "",
                 "![colour reconstructions](figures/colour_reconstructions.png)",
@@ -427,6 +452,7 @@ def colour(run: RunContext, probe: Any) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for entry, res in results.items():
         summary[entry] = {n: res[n]["change_kept"] for n in names}
+        summary[entry]["input_hue_change"] = res["input"]["hue_change"]
         if "model" in res:
             summary[entry]["prediction_changed"] = res["model"]["prediction_changed"]
     return summary
