@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from probekit.testing import read_metrics
+
 SPEC = {
     "name": "ddp", "seed": 0, "device": "cpu",
     "model": {"type": "module", "factory": "probekit.testing:mlp", "kwargs": {"in_features": 64, "hidden": 32},
@@ -23,7 +25,7 @@ def _run(tmp_path, name, *extra):
     res = subprocess.run([sys.executable, "-m", "probekit", "run", str(spec), "-o", str(tmp_path / name), "-q",
                           *extra], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads((tmp_path / name / "metrics.json").read_text()), res
+    return read_metrics(tmp_path / name), res
 
 
 def _flat(d, prefix=""):
@@ -64,7 +66,7 @@ def _example(tmp_path, example, name, overrides, *extra):
     res = subprocess.run([sys.executable, "-m", "probekit", "run", str(spec), "-o", str(tmp_path / name), "-q",
                           *sets, *extra], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads((tmp_path / name / "metrics.json").read_text())
+    return read_metrics(tmp_path / name)
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES))
@@ -148,12 +150,12 @@ def test_batch_size_auto_under_two_processes_is_decided_once_and_kept(tmp_path):
     assert len(records) == 2  # one per layer's classifier
     sizes = [json.loads(r.read_text())["batch_size"] for r in records]
     assert all(1 <= s <= 1438 for s in sizes)  # capped at the training-set size
-    first = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    first = read_metrics(tmp_path / "run")
     res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     log = (tmp_path / "run" / "log.txt").read_text().split("(resumed)")[-1]
     assert "as chosen before" in log
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == first
+    assert read_metrics(tmp_path / "run") == first
 
 
 def test_sigterm_to_a_two_process_run_stops_every_rank_after_one_step_and_resumes_exactly(tmp_path):
@@ -188,5 +190,4 @@ def test_sigterm_to_a_two_process_run_stops_every_rank_after_one_step_and_resume
     res = subprocess.run(cmd("cut", "--resume"), capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert " and step " in (tmp_path / "cut" / "log.txt").read_text().split("(resumed)")[-1]  # mid-epoch
-    assert json.loads((tmp_path / "cut" / "metrics.json").read_text()) == json.loads(
-        (tmp_path / "full" / "metrics.json").read_text())
+    assert read_metrics(tmp_path / "cut") == read_metrics(tmp_path / "full")

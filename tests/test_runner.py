@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import subprocess
@@ -11,6 +10,7 @@ import yaml
 
 import probekit
 from probekit._errors import SpecError
+from probekit.testing import read_metrics
 
 RUN_FILES = {"spec.yaml", "metrics.json", "report.md", "report.html", "log.txt", "results.csv"}
 
@@ -23,7 +23,7 @@ def test_run_writes_the_whole_run_directory_and_is_deterministic(tmp_path, digit
         assert RUN_FILES <= names
         assert (tmp_path / d / "figures" / "accuracy_vs_depth.png").stat().st_size > 1000
         assert any((tmp_path / d / "checkpoints").iterdir())
-    assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
+    assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
     assert set(a["accuracy"]) == {"5", "9"}
     assert a["accuracy"]["9"] > 0.5  # a trained CNN's pooled features separate digits well above chance (0.1)
     resolved = yaml.safe_load((tmp_path / "a" / "spec.yaml").read_text())
@@ -45,7 +45,7 @@ def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, digits_spec):
     with pytest.raises(SpecError, match="differs"):
         probekit.run(changed, tmp_path / "r", resume=True)
     again = probekit.run(spec, tmp_path / "r", resume=True)  # finished run: resumes to the same results
-    assert again == json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert again == read_metrics(tmp_path / "r")
 
 
 def _write_spec(tmp_path: Path, spec: dict) -> Path:
@@ -82,7 +82,7 @@ def test_sigkill_during_training_then_resume_gives_identical_metrics(tmp_path, d
         assert not (run_dir / "metrics.json").exists()
         res = _cli("run", str(path), "-o", str(run_dir), "--resume", "-q", env=env)
         assert res.returncode == 0, res.stderr
-        assert (run_dir / "metrics.json").read_text() == (tmp_path / "ref" / "metrics.json").read_text()
+        assert read_metrics(run_dir) == read_metrics(tmp_path / "ref")
         cache = tmp_path / "cache2"  # second round: fresh cache, so the model is trained again and killed there
         env = {"PROBEKIT_CACHE": str(cache)}
 
@@ -108,7 +108,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_gives_identical_metrics(tmp_pa
     res = _cli("run", str(path), "-o", str(run_dir), "--resume", "-q", env={"PROBEKIT_CACHE": str(tmp_path / "c1")})
     assert res.returncode == 0, res.stderr
     assert "and step" in (run_dir / "log.txt").read_text()  # resumed inside the interrupted epoch
-    assert (run_dir / "metrics.json").read_text() == (tmp_path / "ref" / "metrics.json").read_text()
+    assert read_metrics(run_dir) == read_metrics(tmp_path / "ref")
 
 
 def test_run_without_model_for_a_probe_that_needs_one(tmp_path, digits_spec):
@@ -166,8 +166,8 @@ def test_model_train_weights_are_cached_and_reused(tmp_path, monkeypatch, digits
     probekit.run(spec, tmp_path / "two")
     log = (tmp_path / "two" / "log.txt").read_text()
     assert "loaded cached weights" in log
-    assert json.loads((tmp_path / "one" / "metrics.json").read_text()) == \
-        json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert read_metrics(tmp_path / "one") == \
+        read_metrics(tmp_path / "two")
 
 
 def test_full_disk_fails_cleanly_and_resumes_after_space_is_freed(tmp_path, digits_spec):
@@ -197,7 +197,7 @@ def test_full_disk_fails_cleanly_and_resumes_after_space_is_freed(tmp_path, digi
         assert subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)]).returncode == 0
         res = _cli("run", str(path), "-o", str(run_dir), "--resume", "-q", env=env)
         assert res.returncode == 0, res.stderr
-        assert (run_dir / "metrics.json").read_text() == (tmp_path / "ref" / "metrics.json").read_text()
+        assert read_metrics(run_dir) == read_metrics(tmp_path / "ref")
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
 
@@ -253,7 +253,7 @@ def test_kill_at_random_points_then_resume_reproduces_the_results(tmp_path, digi
             if res.returncode == 0:
                 break
         assert res.returncode == 0, (sig, delay, res.stderr)
-        assert (run_dir / "metrics.json").read_text() == (tmp_path / "ref" / "metrics.json").read_text(), (sig, delay)
+        assert read_metrics(run_dir) == read_metrics(tmp_path / "ref"), (sig, delay)
 
 
 def test_run_paths_cannot_leave_the_run_directory(tmp_path, digits_spec):

@@ -31,7 +31,9 @@ class RunContext(Protocol):
         spec: the validated spec (`loaded.spec`).
         options: validated options of each section, by key path (`"probe"`, `"data"`, `"metrics.0"`).
         run_dir: the run directory; `checkpoint_dir` and `figures_dir` lie inside it.
-        seed: the seed of this run (every random choice derives from it).
+        seed: the seed of this run (every random choice derives from it); in a run with `seeds:`, the
+            seed of the seed run.
+        data_seed: the seed of the data split: the spec's `seed:`, the same for every seed run.
         device: the torch device the run computes on.
         resume: whether the run continues an earlier one (`--resume`).
         quiet: whether messages stay out of stderr (`--quiet`).
@@ -48,6 +50,7 @@ class RunContext(Protocol):
     figures_dir: Path
     cache_dir: Path
     seed: int
+    data_seed: int
     device: torch.device
     resume: bool
     quiet: bool
@@ -60,6 +63,9 @@ class RunContext(Protocol):
 
     def debug(self, message: str) -> None:
         """Write a line to log.txt only."""
+
+    def warn(self, message: str) -> None:
+        """Log a warning and show it at the top of the report (e.g. a result at its trivial baseline)."""
 
     def progress(self, iterable: Iterable[Any], *, total: int | None = None, desc: str = "") -> Iterable[Any]:
         """Wrap a loop so that its progress is shown."""
@@ -92,8 +98,13 @@ class RunContext(Protocol):
     def path(self, relative: str) -> Path:
         """A path inside the run directory (refuses paths that would leave it)."""
 
-    def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> Path:
-        """Write a table atomically as RUN_DIR/name."""
+    def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]], columns: Sequence[str], *,
+                  keys: Sequence[str] | None = None) -> Path:
+        """Write a table atomically as RUN_DIR/name; `keys`: the columns that identify a row.
+
+        With `seeds:` the other (value) columns are combined over seeds into mean, std, ci95 and n;
+        without `keys` they are inferred (text columns, and numbers equal in every seed's table).
+        """
 
     def save_figure(self, fig: Any, name: str) -> Path:
         """Save a matplotlib figure as RUN_DIR/figures/name and close it."""

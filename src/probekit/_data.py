@@ -74,7 +74,7 @@ def build_data(run: RunContext, section: Any = None, options: Mapping[str, Any] 
 
     section = section or run.spec.data
     opts = dict(options if options is not None else run.options["data"])
-    bundle = create_dataset(section.type, seed=run.seed, **opts)
+    bundle = create_dataset(section.type, seed=run.data_seed, **opts)
     train, test = bundle.train, bundle.test
     if section.limit is not None and len(train) > section.limit:
         train = Subset(train, range(section.limit))

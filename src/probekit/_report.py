@@ -15,12 +15,19 @@ if TYPE_CHECKING:
     from probekit._context import RunContext
 
 
-def flatten(results: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def _is_interval(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"mean", "std", "ci95", "n"}
+
+
+def flatten(results: dict[str, Any], prefix: str = "", *, intervals: bool = False) -> list[tuple[str, Any]]:
+    """`(dotted key, value)` of every leaf; with `intervals`, `{mean, std, ci95, n}` dicts are leaves."""
     rows: list[tuple[str, Any]] = []
     for key, value in results.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            rows += flatten(value, name + ".")
+        if intervals and _is_interval(value):
+            rows.append((name, value))
+        elif isinstance(value, dict):
+            rows += flatten(value, name + ".", intervals=intervals)
         else:
             rows.append((name, value))
     return rows
@@ -29,6 +36,10 @@ def flatten(results: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
+    if _is_interval(value):
+        if value["n"] > 1 and value["ci95"] is not None:
+            return f"{value['mean']:.6g} ± {value['ci95']:.2g} (n={value['n']})"
+        return f"{fmt(value['mean'])} (n={value['n']})"
     return str(value)
 
 
@@ -36,7 +47,8 @@ def write_reports(run: RunContext, results: dict[str, Any]) -> None:
     """Save the report's content (report.json) and render report.md and report.html."""
     write_json(run.run_dir / "report.json", {
         "name": run.spec.name, "sections": run.report_sections, "timings": run.timings,
-        "device": str(run.device)})
+        "device": str(run.device), "warnings": list(getattr(run, "warnings", [])),
+        "tables": dict(getattr(run, "table_keys", {}))})
     render(run.run_dir)
 
 
@@ -49,7 +61,8 @@ def render(run_dir: str | Path) -> tuple[Path, Path]:
     name = meta.get("name", run_dir.name)
     figures = sorted(p.name for p in (run_dir / "figures").glob("*.png")) if (run_dir / "figures").exists() else []
     sections: list[tuple[str, str]] = [tuple(s) for s in meta.get("sections", [])]  # type: ignore[misc]
-    flat = flatten(results)
+    shown_results = {k: v for k, v in results.items() if k not in ("per_seed", "provenance")}
+    flat = flatten(shown_results, intervals=True)
 
     md = [f"# probekit run: {name}", ""]
     timings = meta.get("timings", {})
@@ -57,6 +70,9 @@ def render(run_dir: str | Path) -> tuple[Path, Path]:
         md.append("Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
                   + f"; device {meta.get('device', '?')}.")
         md.append("")
+    warnings = meta.get("warnings", [])
+    if warnings:
+        md += ["## Warnings", ""] + [f"- **Warning:** {w}" for w in warnings] + [""]
     md += ["## Results", "", "| result | value |", "|---|---|"]
     md += [f"| {k} | {fmt(v)} |" for k, v in flat[:200]]
     md.append("")
@@ -67,6 +83,17 @@ def render(run_dir: str | Path) -> tuple[Path, Path]:
     rest = [f for f in figures if f not in shown]
     if rest:
         md += ["## Figures", ""] + [f"![{f}](figures/{f})\n" for f in rest]
+    prov = results.get("provenance")
+    if isinstance(prov, dict):
+        git = prov.get("git") or {}
+        commit = (f"`{git['commit'][:12]}`" + (" (with uncommitted changes)" if git.get("dirty") else "")
+                  + f" of {git.get('folder')}") if git else "none (not run inside a git work tree)"
+        md += ["## Provenance", "", "| | |", "|---|---|",
+               f"| date (UTC) | {prov.get('date')} |", f"| host | {prov.get('host')} |",
+               f"| device | {prov.get('device')} |", f"| seeds | {prov.get('seeds')} |",
+               f"| git commit | {commit} |"]
+        md += [f"| {name} version | {v} |" for name, v in (prov.get("versions") or {}).items()]
+        md.append("")
     md += ["## Spec", "", "```yaml", spec_text.rstrip(), "```", ""]
     md_path = run_dir / "report.md"
     write_text(md_path, "\n".join(md))

@@ -369,10 +369,10 @@ def execute(run: Run) -> dict[str, Any]:
         run.timings["evaluate"] = time.time() - t
         run.timings["total"] = time.time() - start
         distributed.barrier()
-        results = {**results, "provenance": provenance(run)}
         if distributed.is_main():
-            ckpt.write_json(run.run_dir / "metrics.json", results)
-            write_reports(run, results)
+            written = {**results, "provenance": provenance(run)}
+            ckpt.write_json(run.run_dir / "metrics.json", written)
+            write_reports(run, written)
             pm.hook.probekit_run_finished(run=run, results=results)
         run.log(f"finished in {run.timings['total']:.1f}s; results in {run.run_dir}")
         if owns_group:
@@ -445,11 +445,12 @@ def _execute_seeds(run: Run) -> dict[str, Any]:
         summarize = getattr(run.probe, "summarize", None)
         if main and summarize is not None:
             summarize(run, combined)
-        results = {**combined.metrics_json(), "provenance": provenance(run)}
+        results = combined.metrics_json()
         run.timings["total"] = time.time() - start
         if main:
-            ckpt.write_json(run.run_dir / "metrics.json", results)
-            write_reports(run, results)
+            written = {**results, "provenance": provenance(run)}
+            ckpt.write_json(run.run_dir / "metrics.json", written)
+            write_reports(run, written)
         run.log(f"{len(seeds)} seeds combined in {run.run_dir} ({run.timings['total']:.1f}s)")
         if owns_group:
             distributed.shutdown()
@@ -493,7 +494,11 @@ def _install_sigterm_handler(run: Run) -> Callable[[], None]:
 def run(spec: str | Path | Mapping[str, Any] | LoadedSpec, run_dir: str | Path | None = None, *,
         overrides: Iterable[str] = (), resume: bool = False, overwrite: bool = False,
         quiet: bool = True) -> dict[str, Any]:
-    """Run a spec (a path, a dict or a loaded spec) into `run_dir`; return metrics.json's content."""
+    """Run a spec (a path, a dict or a loaded spec) into `run_dir`; return the results.
+
+    The results are metrics.json's content without its `provenance` (date, host, versions, device,
+    seeds, git commit), so that two runs of a spec return equal results.
+    """
     loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec, overrides)
     prepared = prepare(loaded, Path(run_dir) if run_dir is not None else None, resume=resume,
                        overwrite=overwrite, quiet=quiet)
