@@ -23,8 +23,8 @@ class Probe:
     to draw figures with error bars and write findings from the combined tables.
     """
 
-    #: whether a spec needs a ``model:`` section for this probe
     needs_model: bool = True
+    """Whether a spec needs a `model:` section for this probe."""
 
     def fit(self, run: RunContext) -> None:
         """Train whatever the probe trains (resuming from its checkpoints)."""
