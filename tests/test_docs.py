@@ -3,11 +3,13 @@
 Builds the site once (mkdocs --strict, a few seconds; or reads PROBEKIT_DOCS_SITE, a build made just
 before) and reads the built HTML: the spec reference against `probekit schema`, the API page for raw
 reST and for every public name, and every page for broken internal links, missing anchors and copied
-helper scripts. Skipped without the docs extra.
+helper scripts (those tests are skipped without the docs extra); and the docstrings themselves for
+reST roles, which the API renderer would show as text.
 """
 
 from __future__ import annotations
 
+import ast
 import html
 import importlib.util
 import json
@@ -22,16 +24,14 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("mkdocs")
-pytest.importorskip("mkdocstrings")
-pytest.importorskip("material")
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built site: PROBEKIT_DOCS_SITE when set (a build made just before, as CI does), else a fresh build."""
+    for module in ("mkdocs", "mkdocstrings", "material"):  # the docs extra
+        pytest.importorskip(module)
     if os.environ.get("PROBEKIT_DOCS_SITE"):
         built = Path(os.environ["PROBEKIT_DOCS_SITE"])
         assert (built / "index.html").is_file(), f"PROBEKIT_DOCS_SITE={built} is not a built site"
@@ -226,6 +226,19 @@ def test_api_page_has_no_rest_roles(site: Path) -> None:
     text = html.unescape("".join(_read(site / "api" / "index.html").text))
     found = REST_ROLE.findall(text) + REST_ROLE.findall(source) + re.findall(r"``\w", text)
     assert not found, f"raw reST on the API page: {sorted(set(found))}"
+
+
+def _docstrings(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            yield node.lineno, node.value.value
+
+
+def test_docstrings_have_no_rest_roles() -> None:
+    roots = [REPO / "src" / "probekit", *sorted((REPO / "plugins").glob("*/src"))]
+    found = [f"{path.relative_to(REPO)}:{line}: {m.group(0)}" for root in roots for path in sorted(root.rglob("*.py"))
+             for line, doc in _docstrings(path) for m in REST_ROLE.finditer(doc)]
+    assert not found, "reST roles in docstrings (write `name` instead):\n" + "\n".join(found)
 
 
 def test_api_page_documents_public_api(site: Path) -> None:
