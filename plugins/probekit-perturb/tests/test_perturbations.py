@@ -157,7 +157,7 @@ def test_same_results_on_cuda(name: str):
 
 
 def test_region_restricts_a_perturbation_to_a_box():
-    from probekit_perturb import PerturbationSpec
+    from probekit_perturb.options import PerturbationSpec
     from probekit_perturb.perturbations import InRegion
 
     x = _images(2, 3, 10)

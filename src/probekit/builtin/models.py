@@ -35,6 +35,6 @@ class ModuleOptions(Options):
 
 @hookimpl
 def probekit_register_models(register: Any) -> None:
-    register("module", "probekit.builtin._module:ModuleAdapter", options=ModuleOptions,
+    register("module", "probekit.builtin._module:ModuleAdapter", options=ModuleOptions, import_options=("factory",),
              description="Any PyTorch nn.Module from an import path (torchvision models by name); "
                          "layers are its module paths.")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from probekit import Probe, RunContext, write_json
-from probekit_perturb import PerturbationSpec
+from probekit_perturb.options import PerturbationSpec
 from probekit_perturb.perturbations import InRegion
 from probekit_perturb.representation import CKA, Cosine, FlipRate, LogitDistance
 
