@@ -102,7 +102,7 @@ import json, sys, torch
 from torch import nn
 from probekit import _distributed as distributed
 from probekit._distributed import rank_batches
-    from probekit._training import Trainer
+from probekit._training import Trainer
 
 distributed.init_from_env(torch.device("cpu"))
 torch.manual_seed(0)

