@@ -48,35 +48,62 @@ def test_merge_defaults_spec_wins():
     assert merged["architecture"] == {"depth": 3, "heads": 4, "hidden": 99}
 
 
-def test_modular_end_to_end_and_chained_report_the_same_table(tmp_path):
-    tables = {}
-    for mode, target in (("modular", "cached"), ("end-to-end", "cached"), ("modular", "chained")):
-        out = tmp_path / f"{mode}-{target}"
-        results = probekit.run(cnn_spec(mode=mode, target=target), out)
+def test_modular_direct_and_chained_targets_report_their_tables(tmp_path):
+    for name, options in (("both", {}), ("direct", {"mode": "end-to-end"}), ("chained", {"target": "chained"})):
+        out = tmp_path / name
+        results = probekit.run(cnn_spec(**options), out)
         rows = read_rows(out / "results.csv")
-        assert list(rows[0]) == ["layer", "metric", "value"]
-        tables[(mode, target)] = rows
-        assert {(r["layer"], r["metric"]) for r in rows} == {
-            (n, m) for n in ("2", "6", "9") for m in ("mse", "psnr", "ssim")
-        }
+        assert list(rows[0]) == ["layer", "inverse", "metric", "value"]
+        kinds = {"both": ["direct", "chained"], "direct": ["direct"], "chained": ["direct", "chained"]}[name]
+        expected = {(n, k, m) for n in ("2", "6", "9") for k in kinds for m in ("mse", "psnr", "ssim")}
+        expected |= {("mean training image", "baseline", m) for m in ("mse", "psnr", "ssim")}
+        if "chained" in kinds:
+            expected |= {(n, "module", "loss") for n in ("2", "6", "9")}
+        assert {(r["layer"], r["inverse"], r["metric"]) for r in rows} == expected
         assert all(math.isfinite(float(r["value"])) for r in rows)
         assert (out / "figures" / "reconstructions.png").stat().st_size > 1000
         assert (out / "figures" / "error_vs_depth.png").stat().st_size > 1000
         assert "Feature inversion" in (out / "report.md").read_text()
-        assert results["mode"] == mode
         ckpts = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))
-        if mode == "modular":
-            assert ckpts == ["inverse-00-2.pt", "inverse-01-6.pt", "inverse-02-9.pt"]
-            assert set(results["module_test_loss"]) == {"2", "6", "9"}
-        else:
-            assert ckpts == ["e2e-01-2.pt", "e2e-02-6.pt", "e2e-03-9.pt"]
-        if target == "chained":
+        direct = ["direct-01-2.pt"] if name != "both" else []  # with cached modular inputs, 2's is its module
+        modular = ["inverse-00-2.pt", "inverse-01-6.pt", "inverse-02-9.pt"] if "chained" in kinds else []
+        assert ckpts == sorted(direct + ["direct-02-6.pt", "direct-03-9.pt"] + modular)
+        assert all((out / "checkpoints" / f"{c}.best").exists() for c in ckpts)  # validation record
+        if "chained" in kinds:
+            assert set(results["module_loss"]) == {"2", "6", "9"}
+        if name == "both":  # the first layer's direct inverse is its modular module: the same numbers
+            assert results["direct"]["mse"]["2"] == results["chained"]["mse"]["2"]
+        if name == "chained":
             assert len(list((out / "checkpoints" / "chained").iterdir())) >= 2  # predictions of 9->6 and 6->2
-    # the first module is identical in cached and chained modular training (it sees cached states of 9 only
-    # in the chained case when it is the top module, so compare the top module instead)
-    cached = {(r["layer"], r["metric"]): r["value"] for r in tables[("modular", "cached")]}
-    chained = {(r["layer"], r["metric"]): r["value"] for r in tables[("modular", "chained")]}
-    assert cached != chained
+        assert set(results["baseline"]) == {"mse", "psnr", "ssim"}
+        assert 0 <= results["model_accuracy"] <= 1
+
+
+def test_best_validation_epoch_is_kept(tmp_path):
+    """With a learning rate that diverges, the kept weights are those of the best validation epoch."""
+    run = prepare(load_spec(cnn_spec(layers=["2"], epochs=4, lr=0.5, grad_clip=None, inverses=["modular"])),
+                  tmp_path / "r")
+    execute(run)
+    from probekit import load_checkpoint
+
+    record = load_checkpoint(tmp_path / "r" / "checkpoints" / "inverse-00-2.pt.best")
+    best = min(range(len(record["val"])), key=record["val"].__getitem__)
+    assert record["best"] == best and run.probe.best_epoch["inverse 2->input"] == best + 1
+    kept = run.probe.chain.steps[0].state_dict()
+    for key, tensor in record["state"]["inverse"].items():
+        assert torch.equal(kept[key].cpu(), tensor), key
+
+
+def test_patience_stops_early(tmp_path):
+    run = prepare(load_spec(cnn_spec(layers=["2"], epochs=6, lr=0.5, grad_clip=None, patience=1,
+                                     inverses=["modular"])), tmp_path / "r")
+    execute(run)
+    from probekit import load_checkpoint
+
+    record = load_checkpoint(tmp_path / "r" / "checkpoints" / "inverse-00-2.pt.best")
+    assert record["stopped"] == (len(record["val"]) < 6)
+    assert len(record["val"]) - 1 - record["best"] <= 1
+    assert len(run.probe.train_losses["inverse 2->input"]) == len(record["val"])
 
 
 def _exact_fit(self: InversionProbe, run) -> None:
@@ -84,6 +111,7 @@ def _exact_fit(self: InversionProbe, run) -> None:
     self.plan(run)
     self.chain = InverseChain(run.model.exact_inverses(self.names))
     self.target_var = {s.name: 1.0 for s in self.sites}
+    self.inverses = ["modular"]
 
 
 def test_chain_of_exact_inverses_reproduces_the_input(tmp_path, test_models, monkeypatch):
@@ -101,9 +129,9 @@ def test_chain_of_exact_inverses_reproduces_the_input(tmp_path, test_models, mon
     }
     results = probekit.run(spec, tmp_path / "run")
     for layer in ("flat", "lin1", "act", "lin2"):
-        assert results["mse"][layer] < 1e-10
-        assert results["module_test_loss"][layer] < 1e-10
-        psnr = results["psnr"][layer]
+        assert results["chained"]["mse"][layer] < 1e-10
+        assert results["module_loss"][layer] < 1e-10
+        psnr = results["chained"]["psnr"][layer]
         assert psnr is None or psnr > 80  # None: infinite (exactly zero error) in strict JSON
     rows = read_rows(tmp_path / "run" / "results_correlation.csv")
     by = {(r["layer"], r["decoder"], r["metric"]): float(r["value"]) for r in rows}
@@ -129,6 +157,7 @@ def test_detr_like_model_end_to_end(tmp_path, test_models):
         "probe": {
             "type": "inversion",
             "layers": "all",
+            "inverses": ["modular"],
             "epochs": 1,
             "batch_size": 16,
             "analyses": ["correlation"],
@@ -151,7 +180,7 @@ def test_detr_like_model_end_to_end(tmp_path, test_models):
     ]
     assert len(probe.chain.steps[2].core.blocks.layers) == 2
     names = [layer.name for layer in TinyDetrAdapter().layers()]
-    assert set(results["mse"]) == set(names)
+    assert set(results["chained"]["mse"]) == set(names)
     rows = read_rows(tmp_path / "run" / "results_correlation.csv")
     pairs = {(r["layer"], r["decoder"]) for r in rows}
     assert ("encoder.0", "encoder.1") in pairs and ("decoder.1", "decoder.0") in pairs
@@ -172,7 +201,9 @@ def test_detr_plugin_end_to_end(tmp_path):
         ["probe.epochs=1", "data.n=24", "probe.analyses=[]"],
     )
     results = probekit.run(spec, tmp_path / "run")
-    assert "backbone" in results["mse"] and all(math.isfinite(v) for v in results["mse"].values())
+    for kind in ("direct", "chained"):
+        mse = results[kind]["mse"]
+        assert "backbone" in mse and all(math.isfinite(v) for v in mse.values())
     assert (tmp_path / "run" / "figures" / "reconstructions.png").exists()
 
 
@@ -180,7 +211,7 @@ def test_batch_size_auto_per_module_is_kept_for_resume(tmp_path, monkeypatch):
     import json
 
     limit_memory(monkeypatch, 2**20)  # 1 MiB: batches < 160
-    spec = cnn_spec(layers=["2", "9"], epochs=1, batch_size="auto")
+    spec = cnn_spec(layers=["2", "9"], epochs=1, batch_size="auto", inverses=["modular"])
     probekit.run(spec, tmp_path / "r")
     records = {r["tag"]: r for r in (json.loads(p.read_text())
                                      for p in (tmp_path / "r" / "checkpoints").glob("batch-size-*"))}

@@ -66,4 +66,12 @@ def probekit_register_models(register: Any) -> None:
     )
 
 
-__all__ = ["DetrOptions", "probekit_register_models", "__version__"]
+@hookimpl
+def probekit_probe_defaults(probe: str, model: Any) -> dict[str, Any] | None:
+    """For the `inversion` probe: the study's components of DETR (backbone, encoder, decoder, head)."""
+    if probe != "inversion" or getattr(model, "type_name", None) != "detr":
+        return None
+    return {"components": model.components()}
+
+
+__all__ = ["DetrOptions", "probekit_probe_defaults", "probekit_register_models", "__version__"]

@@ -210,6 +210,22 @@ class DetrAdapter(ModelAdapter):
         }
 
     # -- layers ----------------------------------------------------------------------------
+    def components(self) -> list[dict[str, Any]]:
+        """The model's components as the inversion study builds them.
+
+        The backbone (after the input projection), the encoder (its last layer), the decoder (its
+        output) and the prediction head; the transformer inverses of encoder and decoder have as many
+        layers and heads as the model's.
+        """
+        n_enc, n_dec = len(self.model.model.encoder.layers), len(self.model.model.decoder.layers)
+        cfg = self.config
+        return [
+            {"layer": "backbone"},
+            {"layer": f"encoder.{n_enc - 1}", "depth": n_enc, "heads": int(cfg.encoder_attention_heads)},
+            {"layer": f"decoder.{n_dec - 1}", "depth": n_dec, "heads": int(cfg.decoder_attention_heads)},
+            {"layer": "head"},
+        ]
+
     def capture_points(self) -> dict[str, CapturePoint]:
         points = {"backbone": CapturePoint("model.input_projection")}
         for i in range(len(self.model.model.encoder.layers)):

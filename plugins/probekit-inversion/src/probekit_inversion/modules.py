@@ -156,11 +156,33 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(dims), x.std(dims)
 
 
-class InverseModule(nn.Module):
-    """An inverse module: standardise the source, run `core`, de-standardise to the target's scale."""
+class OneHotHead(nn.Module):
+    """A detection head's output per query -> the argmax class as a one-hot vector, then the box numbers.
 
-    def __init__(self, core: nn.Module, source: Site, target: Site, description: str):
+    The study's inverse predictor sees what DETR predicts, not its raw logits: `num_logits` class
+    logits (the last: no object) become one-hot, the following `box_dims` numbers pass unchanged.
+    """
+
+    def __init__(self, num_logits: int, box_dims: int):
         super().__init__()
+        self.num_logits, self.box_dims = num_logits, box_dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = x[..., : self.num_logits]
+        onehot = nn.functional.one_hot(logits.argmax(-1), self.num_logits).to(x.dtype)
+        return torch.cat([onehot, x[..., self.num_logits : self.num_logits + self.box_dims]], -1)
+
+
+class InverseModule(nn.Module):
+    """An inverse module: standardise the source, run `core`, de-standardise to the target's scale.
+
+    `encode` (optional) maps the raw source before the standardisation (the one-hot head input).
+    """
+
+    def __init__(self, core: nn.Module, source: Site, target: Site, description: str,
+                 encode: nn.Module | None = None):
+        super().__init__()
+        self.encode = encode
         self.core = core
         self.source_norm = Standardise(stat_shape(source.shape))
         self.target_norm = Standardise(stat_shape(target.shape))
@@ -170,10 +192,13 @@ class InverseModule(nn.Module):
 
     def fit_statistics(self, source: torch.Tensor, target: torch.Tensor) -> None:
         """Set the standardisation from a sample of training states (called once, before training)."""
-        self.source_norm.set(*channel_stats(source.float()))
+        source = source.float() if self.encode is None else self.encode(source.float())
+        self.source_norm.set(*channel_stats(source))
         self.target_norm.set(*channel_stats(target.float()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.encode is not None:
+            x = self.encode(x)
         return self.target_norm.inverse(self.core(self.source_norm(x)))
 
 
@@ -337,11 +362,28 @@ def spatial_grid(site: Site, n: int) -> tuple[int, int] | None:
     return None
 
 
+def detection_head(site: Site) -> tuple[int, int] | None:
+    """(class logits, box numbers) per query of a detection head (DETR's `head`), from its metadata."""
+    n, box = site.meta.get("num_logits"), site.meta.get("box_dims")
+    if n and box and len(site.shape) == 2 and site.shape[1] == int(n) + int(box):
+        return int(n), int(box)
+    return None
+
+
 def build_inverse(
-    source: Site, target: Site, arch: Arch, image_hw: tuple[int, int] | None = None
+    source: Site, target: Site, arch: Arch, image_hw: tuple[int, int] | None = None, head_input: str = "onehot"
 ) -> InverseModule:
-    """The inverse module for the pair `source` (layer k) -> `target` (layer k-1)."""
+    """The inverse module for the pair `source` (layer k) -> `target` (layer k-1).
+
+    A detection head's outputs enter as the argmax class (one-hot) plus the boxes, as in the study,
+    unless `head_input` is `logits`.
+    """
     s, t = source.shape, target.shape
+    head = detection_head(source)
+    if head is not None and head_input == "onehot":
+        core = MLPInverse(s, t, arch.hidden)
+        what = f"argmax class one-hot ({head[0]}) + {head[1]} box numbers, MLP per query"
+        return InverseModule(core, source, target, what, encode=OneHotHead(*head))
     core: nn.Module
     if source.is_tokens and len(t) == 2:
         n, d = s

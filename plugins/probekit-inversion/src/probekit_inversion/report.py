@@ -54,73 +54,141 @@ def image_grid(
     return fig
 
 
-def reconstructions_figure(run: RunContext, images: Mapping[str, torch.Tensor], names: Sequence[str]) -> None:
-    """figures/reconstructions.png: rows are test images, columns the original then each depth."""
+#: axis labels of the image metrics
+METRIC_LABELS = {
+    "mse": "MSE (pixels in [0, 1])",
+    "psnr": "PSNR (dB)",
+    "ssim": "SSIM",
+    "lpips": "LPIPS distance",
+}
+#: line styles of the reconstructions
+STYLES = {"direct": ("o-", "C0"), "chained": ("s--", "C1")}
+
+
+def reconstructions_figure(run: RunContext, probe: Any, images: Mapping[str, torch.Tensor]) -> None:
+    """figures/reconstructions.png: rows are test images; the original, then each layer's reconstruction.
+
+    The direct reconstructions come first, then the chained ones (when both were trained).
+    """
     original = images["original"]
-    rows = [[original[r]] + [images[n][r] for n in names] for r in range(len(original))]
-    fig = image_grid(rows, ["original", *names], title=f"Reconstructions from each depth ({run.spec.name})")
+    cols = [(f"{kind} {n}", f"{probe.label(n)}\n({kind})") for kind in probe.kinds for n in probe.names]
+    rows = [[original[r]] + [images[key][r] for key, _ in cols] for r in range(len(original))]
+    fig = image_grid(rows, ["original", *[title for _, title in cols]],
+                     title=f"Reconstructions from each depth ({run.spec.name}): direct inverses, then the "
+                     "modular chain" if len(probe.kinds) == 2 else f"Reconstructions from each depth ({run.spec.name})")
     run.save_figure(fig, "reconstructions.png")
 
 
+def _depth_axis(ax: Any, probe: Any, xs: Sequence[float]) -> None:
+    ax.set_xticks(xs, [probe.label(n) for n in probe.names], rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("layer, at its depth in the model")
+    ax.grid(alpha=0.3)
+
+
 def error_vs_depth_figure(
-    run: RunContext, values: Mapping[str, Mapping[str, float]], names: Sequence[str], mode: str
+    run: RunContext,
+    probe: Any,
+    values: Mapping[str, Mapping[str, Mapping[str, float]]],
+    module_loss: Mapping[str, float],
+    baseline: Mapping[str, float],
+    errors: Mapping[tuple[str, str, str], float] | None = None,
 ) -> None:
-    """figures/error_vs_depth.png: one panel per metric, x = requested layers in depth order."""
+    """figures/error_vs_depth.png: one panel per metric (direct and chained reconstructions, the
+    mean-training-image baseline) and one for the modular inverses' own test losses.
+
+    x is each layer's position in the model's layer list (depth-proportional); an axis whose values
+    span more than a factor of 10 is logarithmic. `errors[(kind, layer, metric)]` draws 95 % intervals.
+    """
     plt = _plt()
-    metrics = list(values[names[0]]) if names else []
-    fig, axes = plt.subplots(
-        1, max(1, len(metrics)), figsize=(3.2 * max(1, len(metrics)), 3.2), squeeze=False
-    )
+    names = probe.names
+    xs = [float(probe.positions.get(n, i)) for i, n in enumerate(names)]
+    metrics = list(baseline)
+    panels = len(metrics) + (1 if module_loss else 0)
+    fig, axes = plt.subplots(1, max(1, panels), figsize=(3.6 * max(1, panels), 3.4), squeeze=False)
+    errors = errors or {}
     for ax, metric in zip(axes[0], metrics):
-        ax.plot(range(len(names)), [values[n][metric] for n in names], "o-")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-        ax.set_title(metric)
-        ax.set_xlabel("reconstructed from")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"Reconstruction quality vs depth ({mode})", fontsize=9)
+        shown = [baseline[metric]]
+        for kind in probe.kinds:
+            ys = [values[kind][n][metric] for n in names]
+            err = [errors.get((kind, n, metric), 0.0) for n in names]
+            style, colour = STYLES.get(kind, ("o-", "C2"))
+            ax.errorbar(xs, ys, yerr=err if any(err) else None, fmt=style, color=colour, capsize=3,
+                        label=f"{kind} inverse" if kind == "direct" else "modular chain")
+            shown += ys
+        ax.axhline(baseline[metric], color="0.5", ls=":", label="mean training image")
+        positive = [v for v in shown if v == v and v > 0]
+        if metric in ("mse", "lpips") and positive and max(positive) / min(positive) > 10:
+            ax.set_yscale("log")
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        _depth_axis(ax, probe, xs)
+    if module_loss:
+        ax = axes[0][len(metrics)]
+        ys = [module_loss[n] for n in names]
+        err = [errors.get(("module", n, "loss"), 0.0) for n in names]
+        ax.errorbar(xs, ys, yerr=err if any(err) else None, fmt="^-", color="C3", capsize=3,
+                    label="each module alone")
+        if min(ys) > 0 and max(ys) / min(ys) > 10:
+            ax.set_yscale("log")
+        ax.set_ylabel("module test loss (MSE / target variance)")
+        _depth_axis(ax, probe, xs)
+    axes[0][0].legend(fontsize=7)
+    if module_loss:
+        axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Reconstruction error vs depth ({run.spec.name})", fontsize=9)
     fig.tight_layout()
     run.save_figure(fig, "error_vs_depth.png")
 
 
 def add_report(
-    run: RunContext, probe: Any, values: Mapping[str, Mapping[str, float]], module_loss: Mapping[str, float]
+    run: RunContext,
+    probe: Any,
+    values: Mapping[str, Mapping[str, Mapping[str, float]]],
+    module_loss: Mapping[str, float],
+    baseline: Mapping[str, float],
+    accuracy: float | None,
 ) -> None:
     names = probe.names
-    metrics = list(values[names[0]]) if names else []
+    metrics = list(baseline)
     lines = [
-        f"Mode: **{probe.mode}**"
-        + (f" (inputs: {probe.target} states)" if probe.mode == "modular" else "")
-        + f"; {probe.epochs} epochs per {'module' if probe.mode == 'modular' else 'chain'}; images "
-        "compared in [0, 1] after the model's normalisation is undone.",
+        f"Granularity **{probe.granularity}**; inverses: {', '.join(probe.inverses)}"
+        + (f" (modular inputs: {probe.target} states)" if probe.modular else "")
+        + f"; at most {probe.epochs} epochs each, the epoch with the best loss on "
+        f"{probe.validation:.0%} held-out training rows kept. Images are compared in [0, 1] after the "
+        "model's normalisation is undone.",
         "",
     ]
-    head = ["layer", *metrics] + (["module test loss"] if module_loss else [])
+    if accuracy is not None:
+        lines += [f"The frozen model's test accuracy: **{accuracy:.3f}**.", ""]
+    head = ["layer"] + [f"{kind} {m}" for kind in probe.kinds for m in metrics]
+    head += ["module test loss"] if module_loss else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n in names:
-        cells = [f"`{n}`"] + [f"{values[n][m]:.4g}" for m in metrics]
+        cells = [f"`{probe.label(n)}`"] + [f"{values[kind][n][m]:.4g}" for kind in probe.kinds for m in metrics]
         if module_loss:
             cells.append(f"{module_loss[n]:.4g}")
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| mean training image | " + " | ".join(
+        f"{baseline[m]:.4g}" for _ in probe.kinds for m in metrics) + (" | |" if module_loss else " |"))
     lines += [
         "",
-        "Module test loss: MSE of one inverse module on cached test states, divided by the variance "
-        "of its target layer (0 = perfect, 1 = no better than the mean).",
+        "*direct*: an inverse trained from the layer straight to pixels (what the layer holds); *chained*: "
+        "the modular inverses chained from the layer down to pixels; *module test loss*: the MSE of one "
+        "modular inverse on cached test states, divided by the variance of its target layer (0 = perfect, "
+        "1 = no better than the mean). The last row reconstructs every image as the mean training image.",
         "",
         "![reconstructions](figures/reconstructions.png)",
-        "",
-        "Rows are test images; the first column is the model-ready input, the others its reconstruction "
-        "from each requested layer (deeper to the right).",
         "",
         "![error vs depth](figures/error_vs_depth.png)",
         "",
     ]
     if probe.chain is not None:
-        lines += ["Inverse modules:", ""]
+        lines += ["Modular inverses:", ""]
         for i, step in enumerate(probe.chain.steps):
             what = getattr(step, "description", type(step).__name__)
+            tag = f"inverse {probe.sites[i + 1].name}->{probe.sites[i].name}"
             lines.append(
-                f"- `{probe.sites[i + 1].name}` -> `{probe.sites[i].name}`: {what}, "
-                f"{sum(p.numel() for p in step.parameters()):,} parameters"
+                f"- `{probe.label(probe.sites[i + 1].name)}` -> `{probe.label(probe.sites[i].name)}`: {what}, "
+                f"{sum(p.numel() for p in step.parameters()):,} parameters, epoch {probe.best_epoch.get(tag)} kept"
             )
         lines.append("")
     run.add_report("Feature inversion", "\n".join(lines))

@@ -71,4 +71,12 @@ def probekit_register_models(register: Any) -> None:
     )
 
 
-__all__ = ["VitOptions", "probekit_register_models", "__version__"]
+@hookimpl
+def probekit_probe_defaults(probe: str, model: Any) -> dict[str, Any] | None:
+    """For the `inversion` probe: the study's components of a ViT (the patch embedding, the whole encoder)."""
+    if probe != "inversion" or getattr(model, "type_name", None) != "vit":
+        return None
+    return {"components": model.components()}
+
+
+__all__ = ["VitOptions", "probekit_probe_defaults", "probekit_register_models", "__version__"]

@@ -216,6 +216,18 @@ class VitAdapter(ModelAdapter):
             )
 
     # -- the adapter interface -----------------------------------------------------------------
+    def components(self) -> list[dict[str, Any]]:
+        """The model's components as the inversion study builds them.
+
+        The patch embedding (`embed`) and the whole encoder (its last block, `block.{N-1}`), whose
+        inverse has as many transformer layers and heads as the encoder.
+        """
+        blocks = [n for n in self.capture_points() if n.startswith("block.") and n.count(".") == 1]
+        heads = getattr(getattr(self.model, "config", None), "num_attention_heads", None)
+        if heads is None:
+            heads = self.model.blocks[0].attn.num_heads
+        return [{"layer": "embed"}, {"layer": blocks[-1], "depth": len(blocks), "heads": int(heads)}]
+
     def capture_points(self) -> dict[str, CapturePoint]:
         return dict(self._points)
 
