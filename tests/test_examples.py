@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from probekit import get_plugin_manager
+from probekit import get_plugin_manager, load_spec
 from probekit._cli import main
 from probekit._examples import list_examples, read_header
 from probekit._preflight import distribution_of
@@ -47,9 +47,11 @@ def test_sync_check_reports_a_stale_copy(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_example_header_says_what_it_shows_and_how_long(path):
-    shows, minutes = read_header(path)
+    shows, minutes, quick = read_header(path)
     assert shows.endswith((".", "?")) and 20 < len(shows) < 200, shows
-    assert minutes is not None and 0 < minutes <= 10
+    assert minutes is not None and 0 < minutes <= 10, "add a line '# minutes: N (2 CPU cores)'"
+    assert quick and all("=" in q for q in quick), "add a line '# quick: --set KEY=VALUE ...' (a smoke run)"
+    load_spec(path, quick)  # the quick overrides are valid
     assert yaml.safe_load(path.read_text())["name"] == path.stem  # the run directory is runs/<example name>
 
 

@@ -4,7 +4,8 @@ The core and each plugin keep their examples as package data, in an `examples/` 
 package (`probekit/examples/quickstart.yaml`, `probekit_mamba/examples/mamba-length.yaml`, ...); the
 repository's `examples/` is their source (`scripts/sync_examples.py` copies them, a test checks they
 are identical). An example's name is its file name without `.yaml`. Its header comment says what it
-shows (the first line) and how long it takes (a line `# minutes: N (2 CPU cores)`).
+shows (its first sentence), how long it takes (a line `# minutes: N (2 CPU cores)`) and how to try it
+in seconds (a line `# quick: --set KEY=VALUE ...`: overrides for a smoke run, not for results).
 
 Finding the examples imports no plugin: the folders are located with `importlib.util.find_spec`
 from the entry points, so `probekit examples` stays fast.
@@ -24,6 +25,7 @@ from probekit._errors import SpecError, did_you_mean
 
 CORE = "probekit-core"
 _MINUTES = re.compile(r"^#\s*minutes:\s*([0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
+_QUICK = re.compile(r"^#\s*quick:(.*)$", re.IGNORECASE)
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Example:
     path: Path
     shows: str
     minutes: float | None
+    quick: list[str] = field(default_factory=list)  # --set overrides of a smoke run
     missing: list[str] = field(default_factory=list)  # what to pip install before it can run
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,20 +69,23 @@ def example_folders() -> list[tuple[str, Path]]:
     return [(dist, folder) for dist, folder in folders if folder.is_dir()]
 
 
-def read_header(path: Path) -> tuple[str, float | None]:
-    """(what it shows: the first sentence, minutes) from the comment lines at the top of an example."""
-    prose, minutes = [], None
+def read_header(path: Path) -> tuple[str, float | None, list[str]]:
+    """(what it shows: the first sentence, minutes, quick overrides) from the comments at the top of an example."""
+    prose, minutes, quick = [], None, []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):
             break
-        m = _MINUTES.match(line)
+        m, q = _MINUTES.match(line), _QUICK.match(line)
         if m:
             minutes = float(m.group(1))
+        elif q:
+            words = q.group(1).split()
+            quick = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set"]
         else:
             prose.append(line.lstrip("#").strip())
     text = " ".join(prose)
     sentence = re.match(r"(.+?[.?!])(\s|$)", text)
-    return (sentence.group(1) if sentence else text), minutes
+    return (sentence.group(1) if sentence else text), minutes, quick
 
 
 def list_examples(*, check: bool = True) -> list[Example]:
@@ -91,8 +97,8 @@ def list_examples(*, check: bool = True) -> list[Example]:
     examples = []
     for dist, folder in example_folders():
         for path in sorted(folder.glob("*.yaml")):
-            shows, minutes = read_header(path)
-            examples.append(Example(path.stem, dist, path, shows, minutes))
+            shows, minutes, quick = read_header(path)
+            examples.append(Example(path.stem, dist, path, shows, minutes, quick))
     examples.sort(key=lambda e: (e.plugin != CORE, e.plugin, e.name))
     if check:
         for example in examples:
