@@ -16,7 +16,7 @@ own output object); the model's forward runs unchanged.
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from probekit import PIL_INTERPOLATION, CapturePoint, ModelAdapter, SpecError, load_state_dict
 from probekit import load_hf_config as load_config
+
+LOG = logging.getLogger("probekit.detr")
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 #: image size used for the layer shapes when the processor's aspect-keeping resize is used
@@ -135,10 +137,9 @@ class DetrAdapter(ModelAdapter):
         try:
             proc = DetrImageProcessor.from_pretrained(src)
         except OSError:
-            warnings.warn(
+            LOG.warning(
                 f"'{src}' has no preprocessor_config.json; using DetrImageProcessor defaults "
-                "(ImageNet mean/std, bilinear, shortest edge 800, longest 1333)",
-                stacklevel=3,
+                "(ImageNet mean/std, bilinear, shortest edge 800, longest 1333)"
             )
             return
         if getattr(proc, "do_normalize", True):

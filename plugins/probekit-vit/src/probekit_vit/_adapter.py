@@ -16,7 +16,7 @@ own forward runs unchanged.
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from torch import nn
 
 from probekit import PIL_INTERPOLATION, CapturePoint, ModelAdapter, SpecError, did_you_mean, load_state_dict
 from probekit import load_hf_config as load_config
+
+LOG = logging.getLogger("probekit.vit")
 
 _TIMM_INTERP = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest", "area": "area"}
 
@@ -274,20 +276,18 @@ def _hf_preprocessing(
     try:
         proc = ViTImageProcessor.from_pretrained(src)
     except OSError:
-        warnings.warn(
+        LOG.warning(
             f"'{src}' has no preprocessor_config.json; using ViTImageProcessor defaults "
-            "(mean 0.5, std 0.5, bilinear)",
-            stacklevel=3,
+            "(mean 0.5, std 0.5, bilinear)"
         )
         return ((0.5,) * input_shape[0], (0.5,) * input_shape[0], "bilinear")
     size = getattr(proc, "size", None)
     height = size.get("height") if hasattr(size, "get") else None
     width = size.get("width") if hasattr(size, "get") else None
     if height and width and (int(height), int(width)) != tuple(input_shape[1:]):
-        warnings.warn(
+        LOG.warning(
             f"image processor size {height}x{width} differs from the model's image_size "
-            f"{input_shape[1]}x{input_shape[2]}; images are resized to the model's size",
-            stacklevel=3,
+            f"{input_shape[1]}x{input_shape[2]}; images are resized to the model's size"
         )
     if getattr(proc, "do_normalize", True):
         mean, std = _match_channels(proc.image_mean, proc.image_std, input_shape[0])
