@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES: dict[str, tuple[str, str, dict[str, str]]] = {
     "quickstart": ("quickstart", "", {}),
     "vit-linear-probe": ("vit", "", {"accuracy_vs_depth.png": "linear-probe-accuracy.png"}),
+    "alexnet-inversion": ("inversion", "alexnet_", {}),
     "vit-inversion": ("inversion", "", {}),
     "detr-inversion": ("inversion", "detr_", {}),
     "tradeoff-mnist": ("tradeoff", "", {}),
@@ -25,13 +26,22 @@ EXAMPLES: dict[str, tuple[str, str, dict[str, str]]] = {
 }
 
 
+# example -> --set overrides: the docs are made offline, so AlexNet's ImageNet weights come from the shared
+# data folder beside the repository (see examples/alexnet-inversion.yaml)
+OVERRIDES: dict[str, list[str]] = {
+    "alexnet-inversion": [f"model.weights={ROOT.parent / 'shared' / 'data' / 'lpips' / 'alexnet_features.pth'}",
+                          "model.weights_strict=false"],
+}
+
+
 def main(names: list[str]) -> None:
     for name in names or list(EXAMPLES):
         spec = ROOT / "examples" / f"{name}.yaml"
         run_dir = ROOT / "runs" / "docs" / name
         print(f"== {name}", flush=True)
-        subprocess.run([sys.executable, "-m", "probekit", "run", str(spec), "-o", str(run_dir), "--overwrite", "-q"],
-                       check=True)
+        sets = [arg for value in OVERRIDES.get(name, []) for arg in ("--set", value)]
+        subprocess.run([sys.executable, "-m", "probekit", "run", str(spec), "-o", str(run_dir), "--overwrite", "-q",
+                        *sets], check=True)
         folder, prefix, renames = EXAMPLES[name]
         dest = ROOT / "docs" / "img" / folder
         dest.mkdir(parents=True, exist_ok=True)

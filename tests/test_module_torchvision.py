@@ -128,3 +128,17 @@ def test_cli_refuses_weights_that_fit_nothing_with_exit_2(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "model.weights" in out.stderr and "fit no parameter" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_dry_run_lists_friendly_names_beside_module_paths():
+    from probekit import load_spec
+    from probekit._dryrun import dry_run
+
+    spec = {"name": "alex", "device": "cpu",
+            "model": {"type": "module", "factory": "torchvision.models:alexnet", "input_shape": [3, 64, 64]},
+            "data": {"type": "photos", "size": 64, "n": 14},
+            "probe": {"type": "linear", "layers": ["conv1", "conv5"]}}
+    text = dry_run(load_spec(spec))
+    probed = [line.split()[:2] for line in text.splitlines() if line.startswith("  features.")]
+    assert probed == [["features.0", "(conv1)"], ["features.10", "(conv5)"]]
+    assert "conv5 = features.10" in text and "fc7 = classifier.4" in text

@@ -38,7 +38,9 @@ def dry_run(loaded: LoadedSpec) -> str:
         run.model = adapter
         layers = adapter.layers()
         probe_layers: Any = run.options["probe"].get("layers")
-        wanted = [x.name for x in layers] if probe_layers in (None, "all") else list(probe_layers)
+        wanted = ([x.name for x in layers] if probe_layers in (None, "all")  # friendly names -> module paths
+                  else [adapter.layer(n).name for n in ([probe_layers] if isinstance(probe_layers, str)
+                                                        else probe_layers)])
         total = 0
         lines.append("layers probed:")
         for layer in layers:
@@ -47,8 +49,12 @@ def dry_run(loaded: LoadedSpec) -> str:
                 for s in layer.shape:
                     size *= s
                 total += size
-                lines.append(f"  {layer.name:<24} {layer.kind:<7} {tuple(layer.shape)}  cache {size / 2**20:.1f} MiB")
+                name = layer.name + (f" ({layer.meta['alias']})" if layer.meta.get("alias") else "")
+                lines.append(f"  {name:<24} {layer.kind:<7} {tuple(layer.shape)}  cache {size / 2**20:.1f} MiB")
         lines.append(f"estimated feature cache: {total / 2**20:.1f} MiB (float32)")
+        friendly = [f"{x.meta['alias']} = {x.name}" for x in layers if x.meta.get("alias")]
+        if friendly:
+            lines.append("friendly layer names (usable in specs): " + ", ".join(friendly))
     probe = create_probe(spec.probe.type, **run.options["probe"])
     extra = probe.dry_run(run)
     lines.append(f"probe: {spec.probe.type} {run.options['probe']}")
