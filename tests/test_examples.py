@@ -124,3 +124,11 @@ def test_run_and_validate_accept_an_example_name(tmp_path):
     assert "quickstart.yaml (name 'quickstart'" in res.stdout and "probe: linear" in res.stdout
     res = _cli("run", "no-such-example", cwd=tmp_path)
     assert res.returncode == 2 and "spec file not found" in res.stderr
+
+
+def test_listing_examples_imports_no_model_library():
+    code = ("import sys\nfrom probekit._cli import main\nmain(['examples'])\nmain(['examples', '--json'])\n"
+            "print('HEAVY', [m for m in ('torch', 'timm', 'transformers', 'torchvision') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []"
