@@ -1,4 +1,4 @@
-"""The ``tradeoff`` probe: sweeps of (family, latent size, lambda), each point trained on its own."""
+"""The `tradeoff` probe: sweeps of (family, latent size, lambda), each point trained on its own."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from probekit import (
     Probe,
     RunContext,
     RunError,
+    SeedResults,
     SpecError,
     Trainer,
     all_gather,
@@ -31,12 +32,13 @@ from probekit import (
 from probekit_tradeoff._models import TradeoffModel, build_model
 from probekit_tradeoff._routing import routed_losses
 
-COLUMNS = ["family", "latent", "lambda", "test_mse", "test_ce", "accuracy"]
+COLUMNS = ["family", "latent", "lambda", "test_mse", "test_ce", "accuracy", "readout_accuracy"]
+KEYS = ["family", "latent", "lambda"]  # what identifies a row of results.csv (the rest is combined over seeds)
 DEFAULT_LAMBDAS = [0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0]  # as TradeoffOptions
 
 
 def point_name(family: str, latent: int, lam: float) -> str:
-    """File stem of one sweep point (``repr`` keeps distinct lambdas distinct, e.g. 0.999 vs 1.0)."""
+    """File stem of one sweep point (`repr` keeps distinct lambdas distinct, e.g. 0.999 vs 1.0)."""
     return f"tradeoff-{family}-L{latent}-lam{lam!r}"
 
 
@@ -49,12 +51,13 @@ class Split:
 
 
 class TradeoffProbe(Probe):
-    """Trains encoder / decoder / classifier models with a routed ``lambda * MSE + (1 - lambda) * CE``
+    """Trains encoder / decoder / classifier models with a routed `lambda * MSE + (1 - lambda) * CE`
     for every (family, latent, lambda) of the spec, plus PCA and random-projection baselines, and
-    writes ``results.csv``, ``figures/pareto.png``, ``figures/vs_lambda.png`` and a report section.
+    writes `results.csv`, `figures/pareto.png`, `figures/vs_lambda.png` and a report section.
+    With `seeds:`, `summarize` draws the same figures and findings with 95 % intervals over seeds.
 
     Reconstruction MSE is measured in the decoder's pixel space, [-1, 1] (images in [0, 1] are mapped
-    by ``2 x - 1``, as in the study); it is 4 times the MSE in [0, 1] pixels.
+    by `2 x - 1`, as in the study); it is 4 times the MSE in [0, 1] pixels.
     """
 
     needs_model = False
@@ -88,6 +91,7 @@ class TradeoffProbe(Probe):
         self.rows: list[dict[str, Any]] = []
         self.baseline_rows: list[dict[str, Any]] = []
         self.recon: dict[str, list[list[float]]] = {}
+        self.trivial_row: dict[str, Any] | None = None
         self._attached: Any = None
 
     # -- sweep --------------------------------------------------------------------------------
@@ -131,6 +135,9 @@ class TradeoffProbe(Probe):
             for i, (family, latent, lam) in enumerate(points):
                 self.rows.append(self._point(run, family, latent, lam, train, test))
                 self._log_point(run, i, len(points), self.rows[-1])
+        self.trivial_row = trivial_baseline(train, test, self.num_classes)
+        run.log(f"tradeoff trivial baseline: majority class accuracy {self.trivial_row['accuracy']:.4f}, "
+                f"mean training image test MSE {self.trivial_row['test_mse']:.4f}")
         self.baseline_rows = []
         for kind in self.baseline_kinds:
             for latent in self.latents:
@@ -214,7 +221,7 @@ class TradeoffProbe(Probe):
             if saved.get("config") == config:
                 train_ckpt.unlink(missing_ok=True)  # left over from a kill between the two writes below
                 self.recon[stem] = saved.get("reconstructions", [])
-                return {k: saved[k] for k in (*COLUMNS, "probe_accuracy") if k in saved}
+                return {k: saved[k] for k in COLUMNS if k in saved}
             run.log(f"tradeoff: {result_path.name} was written with other settings; training again")
             result_path.unlink()
         model = self._build(run, family, latent)
@@ -254,7 +261,7 @@ class TradeoffProbe(Probe):
         )
         metrics, recon = self._evaluate_model(model, test, lam)
         row = {"family": family, "latent": latent, "lambda": lam, **metrics,
-               "probe_accuracy": self._probe_accuracy(model, train, test)}
+               "readout_accuracy": self._readout_accuracy(model, train, test)}
         # weights (without optimizer state) and results, then drop the training checkpoint: a kill
         # at any point leaves either the checkpoint or the finished point
         from safetensors.torch import save
@@ -286,7 +293,7 @@ class TradeoffProbe(Probe):
     def _inputs(
         self, split: Split, name: str, model: TradeoffModel
     ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor] | None]:
-        """``inputs(idx)`` -> the encoder's input for a batch, and the ``encode`` function to use."""
+        """`inputs(idx)` -> the encoder's input for a batch, and the `encode` function to use."""
         if self._attached is None:
             return (lambda idx: split.images[idx] * 2 - 1), None
         return self._attached.inputs(split, name, model)
@@ -325,10 +332,11 @@ class TradeoffProbe(Probe):
         chunks = []
         for idx in batches_of(len(split.labels), 1024):
             x = inputs(idx.to(split.images.device))
-            chunks.append((encode(x) if encode is not None else model.encoder(x)).float().cpu())
+            z = encode(x) if encode is not None else model.encoder(x)
+            chunks.append(z.flatten(1).float().cpu())  # vit-tiny's latent: every token
         return torch.cat(chunks)
 
-    def _probe_accuracy(self, model: TradeoffModel, train: Split, test: Split) -> float:
+    def _readout_accuracy(self, model: TradeoffModel, train: Split, test: Split) -> float:
         """Test accuracy of a logistic regression fitted afterwards on the frozen, trained latent.
 
         The jointly trained classifier must follow a latent that moves under it (at lambda = 1 it
@@ -351,7 +359,7 @@ class TradeoffProbe(Probe):
         if path.exists():
             saved = json.loads(path.read_text())
             if saved.get("config") == config:
-                return {k: saved[k] for k in COLUMNS}
+                return {k: saved.get(k) for k in COLUMNS}
         row = baseline(
             kind,
             latent,
@@ -369,23 +377,70 @@ class TradeoffProbe(Probe):
                 f"(the images have {row['components']} pixels)"
             )
         write_json(path, {**row, "config": config})
-        return {k: row[k] for k in COLUMNS}
+        return {k: row.get(k) for k in COLUMNS}
 
     # -- results ------------------------------------------------------------------------------------
     def evaluate(self, run: RunContext) -> dict[str, Any]:
         if not self.rows:
             raise RunError("tradeoff: nothing was trained (fit did not run)")
-        from probekit_tradeoff._report import figures, report_section, summary
+        from probekit_tradeoff._report import Curves, reconstructions
 
-        run.write_csv("results.csv", self.rows + self.baseline_rows, COLUMNS)
-        figures(run, self)
-        summ = summary(self)
-        run.add_report("Classification vs reconstruction tradeoff", report_section(self, summ))
-        return summ
+        rows = self.rows + self.baseline_rows + ([self.trivial_row] if self.trivial_row else [])
+        run.write_csv("results.csv", rows, COLUMNS, keys=KEYS)
+        if self.recon and len(self.example_idx):
+            family = self.families[0]
+            recon = {(L, lam): self.recon.get(point_name(family, L, lam)) for L in self.latents for lam in self.lambdas}
+            reconstructions(run, self.examples, recon, family, self.latents, self.lambdas, run.seed)
+        return self._summarize(run, Curves.from_rows([{**r, "seed": run.seed} for r in rows]))
+
+    def summarize(self, run: RunContext, results: SeedResults) -> None:
+        """With `seeds:`: the figures, findings and report from `results.csv` combined over the seeds
+        (95 % intervals); `reconstructions.png` is the first seed's."""
+        import shutil
+
+        from probekit_tradeoff._report import Curves
+
+        curves = Curves.from_rows(results.table("results.csv").rows)
+        first = results.run_dir / "seeds" / str(results.seeds[0]) / "figures" / "reconstructions.png"
+        if first.exists():
+            run.figures_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(first, run.figures_dir / "reconstructions.png")
+        self._summarize(run, curves)
+
+    def _summarize(self, run: RunContext, curves: Any) -> dict[str, Any]:
+        """Figures, warnings, report section and summary.json (curves with intervals, findings);
+        returns the plain numbers for metrics.json."""
+        from probekit_tradeoff._report import figures, findings, report_section, summary, warnings_for
+
+        figures(run, curves, run.spec.name)
+        found = findings(curves)
+        write_json(run.path("summary.json"), {"seeds": curves.seeds, **summary(curves, intervals=True),
+                                              "findings": found})
+        for w in warnings_for(curves):
+            run.warn(w)
+        has_recon = (run.figures_dir / "reconstructions.png").exists()
+        run.add_report("Classification vs reconstruction tradeoff",
+                       report_section(curves, found, has_reconstructions=has_recon))
+        return summary(curves, intervals=False)
+
+
+def trivial_baseline(train: Split, test: Split, num_classes: int) -> dict[str, Any]:
+    """The trivial baselines, as one row of results.csv (family `trivial`): the test accuracy of always
+    answering the training set's most frequent class, the test cross-entropy of predicting the training
+    class frequencies, and the test MSE of the mean training image (pixels in [-1, 1])."""
+    counts = torch.bincount(train.labels.cpu(), minlength=num_classes).double()
+    freq = counts / counts.sum()
+    labels = test.labels.cpu()
+    accuracy = float((labels == int(counts.argmax())).double().mean())
+    ce = float(-freq.clamp_min(1e-12).log()[labels].mean())
+    mean = (train.images * 2 - 1).double().mean(0)
+    mse = float((((test.images * 2 - 1).double() - mean) ** 2).mean())
+    return {"family": "trivial", "latent": None, "lambda": None, "test_mse": mse, "test_ce": ce,
+            "accuracy": accuracy, "readout_accuracy": None}
 
 
 def example_indices(labels: torch.Tensor, n: int) -> torch.Tensor:
-    """Up to ``n`` test indices for the reconstruction figure: the first example of each class in turn
+    """Up to `n` test indices for the reconstruction figure: the first example of each class in turn
     (test splits are often sorted by class), then the next unused ones."""
     picks: list[int] = []
     for c in torch.unique(labels).tolist():
