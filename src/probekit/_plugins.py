@@ -193,7 +193,7 @@ class PluginManager:
         for name, plugin in self.pm.list_name_plugin():
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
             builtin = name.startswith("probekit.builtin")
-            dist, version = self._dist.get(name, ("probekit", _core_version()) if builtin else (name, None))
+            dist, version = self._dist.get(name, ("probekit-core", _core_version()) if builtin else (name, None))
             module = getattr(plugin, "__name__", type(plugin).__name__)
             infos.append(PluginInfo(name, module, version, hooks,
                                     {k: sorted(v) for k, v in provided.get(name, {}).items()}, builtin))
