@@ -52,7 +52,7 @@ BAD = [
      ["model.type", "unknown model 'mamba'", "pip install probekit-mamba"]),
     (GOOD.replace("type: linear", "type: linaer"), [],
      ["probe.type", "unknown probe 'linaer'", "Did you mean 'linear'"]),
-    (GOOD.replace("[accuracy]", "[acuracy]"), [], ["metrics.0.type", "unknown metric", "accuracy"]),
+    (GOOD.replace("[accuracy]", "[acuracy]"), [], ["metrics[0].type", "unknown metric", "accuracy"]),
     (GOOD.replace("type: digits}", "type: digits, size: many}"), [], ["data.size", "integer"]),
     (GOOD.replace("kwargs: {in_channels: 1}", "weights: nothere.pt"), [], ["model.weights", "file not found"]),
     (GOOD.replace("layers: [\"5\"]", "layerz: [\"5\"]"), [], ["probe", "layerz", "unknown key"]),
@@ -135,7 +135,7 @@ def test_report_and_compare(tmp_path, capsys, digits_spec):
     import probekit
 
     for seed in (0, 1):
-        spec = digits_spec(epochs=2)
+        spec = digits_spec(solver="sgd", epochs=2)
         spec["seed"] = seed
         spec["model"]["train"]["epochs"] = 1
         probekit.run(spec, tmp_path / f"seed{seed}")

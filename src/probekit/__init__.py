@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         create_probe,
     )
     from probekit._runner import run
+    from probekit._section import Section
     from probekit._seeds import SeedResults
     from probekit._seeds import Table as SeedTable
     from probekit._seeds import aggregate as aggregate_seeds
@@ -83,7 +84,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "BATCH_SIZE_HELP": ("_spec", "BATCH_SIZE_HELP"),
     "ExistingPath": ("_spec", "ExistingPath"), "SpecPath": ("_spec", "SpecPath"),
     "spec_error_from_validation": ("_spec", "spec_error_from_validation"),
-    "run": ("_runner", "run"), "RunContext": ("_context", "RunContext"),
+    "run": ("_runner", "run"), "RunContext": ("_context", "RunContext"), "Section": ("_section", "Section"),
     # numbers over seeds
     "Interval": ("_stats", "Interval"), "Finding": ("_stats", "Finding"), "compare": ("_stats", "compare"),
     "baseline_warning": ("_stats", "baseline_warning"), "SeedResults": ("_seeds", "SeedResults"),
@@ -122,11 +123,11 @@ __all__ = [
     "BATCH_SIZE_HELP", "BatchSize", "BatchSizeOption", "CapturePoint", "DataBundle", "DataInfo", "ExistingPath",
     "FeatureCache", "FeatureSet", "Finding", "FolderDataset", "Interval", "KINDS", "Layer", "LoadedSpec", "Metric",
     "ModelAdapter", "Options", "PIL_INTERPOLATION", "PluginManager", "Probe", "ProbekitError", "RunContext",
-    "RunError", "SeedResults", "SeedTable", "SpecError", "SpecPath", "TensorImageDataset", "Trainer", "__version__",
-    "aggregate_seeds", "all_gather", "alone", "atomic_open", "baseline_warning", "batches_of", "cache_key",
-    "capture", "compare", "create_dataset", "create_metric", "create_model", "create_perturbation", "create_probe",
-    "did_you_mean", "epoch_seed", "get_plugin_manager", "group_size", "hookimpl", "hsv_to_rgb", "json_schema",
-    "load_checkpoint", "load_hf_config", "load_spec", "load_state_dict", "luminance", "rank_batches",
+    "RunError", "Section", "SeedResults", "SeedTable", "SpecError", "SpecPath", "TensorImageDataset", "Trainer",
+    "__version__", "aggregate_seeds", "all_gather", "alone", "atomic_open", "baseline_warning", "batches_of",
+    "cache_key", "capture", "compare", "create_dataset", "create_metric", "create_model", "create_perturbation",
+    "create_probe", "did_you_mean", "epoch_seed", "get_plugin_manager", "group_size", "hookimpl", "hsv_to_rgb",
+    "json_schema", "load_checkpoint", "load_hf_config", "load_spec", "load_state_dict", "luminance", "rank_batches",
     "resolve_batch_size", "rgb_to_hsv", "run", "save_checkpoint", "spec_error_from_validation", "spread",
     "tune_allocator", "write_json",
 ]

@@ -118,7 +118,7 @@ def test_missing_file_from_env_or_spec_is_named(tmp_path, monkeypatch):
     )
     with pytest.raises(probekit.SpecError) as info:
         probekit.load_spec(spec)
-    assert "metrics.0.weights" in str(info.value) and "missing/alex.pth" in str(info.value)
+    assert "metrics[0].weights" in str(info.value) and "missing/alex.pth" in str(info.value)
 
 
 @needs_weights

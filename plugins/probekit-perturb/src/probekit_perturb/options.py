@@ -6,11 +6,11 @@ Validated once by the core from the spec (pydantic models; `extra` keys are refu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from probekit import Options, SpecPath
+from probekit import Options, Section, SpecPath
 
 
 # -- perturbations -----------------------------------------------------------------------------
@@ -86,10 +86,12 @@ class LogitDistanceOptions(Options):
     relative: bool = Field(False, description="Divide by the norm of the clean logits.")
 
 
-class PerturbationSpec(Options):
+class PerturbationSpec(Section):
     """A registered perturbation as `{type: noise, std: 0.05}` (options validated by its owner)."""
 
-    model_config = Options.model_config | {"extra": "allow"}
+    kind: ClassVar[str] = "perturbations"
+    reserved: ClassVar[frozenset[str]] = frozenset({"name", "region"})
+
     type: str = Field(..., description="Registered perturbation name (`probekit list perturbations`).")
     name: str | None = Field(None, description="Label in tables and figures (default: type and options).")
     region: list[float] | None = Field(
@@ -101,16 +103,7 @@ class PerturbationSpec(Options):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> PerturbationSpec:
-        from probekit import SpecError, get_plugin_manager
-
-        try:
-            entry = get_plugin_manager().get("perturbations", self.type)
-        except SpecError as exc:  # as a ValueError, pydantic reports it with its key path
-            raise ValueError(str(exc)) from None
-        model = entry.options_model()
-        if model is not None:
-            model.model_validate(self.options())
+    def _check_region(self) -> PerturbationSpec:
         if self.region is not None:
             top, left, height, width = self.region
             if not (0 <= top < 1 and 0 <= left < 1 and 0 < height <= 1 - top and 0 < width <= 1 - left):
@@ -120,8 +113,6 @@ class PerturbationSpec(Options):
                 )
         return self
 
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
     def label(self) -> str:
         if self.name:
