@@ -141,6 +141,15 @@ class ModelAdapter:
             self._layers = layers
         return list(self._layers)
 
+    def layer_names(self, wanted: Sequence[str] | str = "all") -> list[str]:
+        """`wanted` checked against the model's layers (`"all"`: every layer, in depth order)."""
+        if wanted == "all":
+            return [layer.name for layer in self.layers()]
+        names = [wanted] if isinstance(wanted, str) else list(wanted)
+        for name in names:
+            self.layer(name)  # raises with the list of valid names
+        return names
+
     def layer(self, name: str) -> Layer:
         for layer in self.layers():
             if layer.name == name:

@@ -65,13 +65,6 @@ class RobustnessProbe(Probe):
         self.attribution = attribution
 
     # -- data -------------------------------------------------------------------------------
-    def _layers(self, run: RunContext) -> list[str]:
-        if self.layer_names == "all":
-            return [layer.name for layer in run.model.layers()]
-        for name in self.layer_names:
-            run.model.layer(name)  # raises with the list of valid names
-        return list(self.layer_names)
-
     def _examples(self, run: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
         dataset = run.data.train if self.split == "train" else run.data.test
         n = len(dataset) if self.limit is None else min(self.limit, len(dataset))
@@ -91,7 +84,7 @@ class RobustnessProbe(Probe):
         from probekit import create_perturbation
 
         run.model.model.eval()
-        layers = self._layers(run)
+        layers = run.model.layer_names(self.layer_names)
         images, labels = self._examples(run)
         batch = run.spec.data.batch_size if run.spec.data else 64
         batches = [slice(i, i + batch) for i in range(0, len(images), batch)]
