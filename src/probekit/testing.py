@@ -78,6 +78,12 @@ def mlp(in_features: int = 64, hidden: int = 64, num_classes: int = 10, depth: i
     return nn.Sequential(*layers)
 
 
+def small_cnn_section(width: int = 4, in_channels: int = 1, num_classes: int = 10) -> dict[str, Any]:
+    """A spec's `model:` section with `small_cnn` (frozen, untrained) for 8x8 digits in tests."""
+    return {"type": "module", "factory": "probekit.testing:small_cnn",
+            "kwargs": {"in_channels": in_channels, "num_classes": num_classes, "width": width}}
+
+
 def reset_plugin_manager() -> None:
     """Forget the process's plugin manager, so that the next use loads the plugins anew."""
     from probekit._plugins import reset_plugin_manager as reset

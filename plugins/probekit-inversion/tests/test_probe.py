@@ -16,7 +16,7 @@ from probekit_inversion.probe import InversionProbe, merge_defaults
 import probekit
 from probekit import load_spec
 from probekit.testing import execute_run as execute
-from probekit.testing import limit_memory
+from probekit.testing import limit_memory, small_cnn_section
 from probekit.testing import prepare_run as prepare
 
 
@@ -30,11 +30,7 @@ def cnn_spec(**probe) -> dict:
         "name": "inv-cnn",
         "seed": 0,
         "device": "cpu",
-        "model": {
-            "type": "module",
-            "factory": "probekit.testing:small_cnn",
-            "kwargs": {"in_channels": 1, "num_classes": 10, "width": 4},
-        },
+        "model": small_cnn_section(),
         "data": {"type": "digits", "limit": 160, "test_limit": 40, "batch_size": 64},
         "probe": {"type": "inversion", "layers": ["2", "6", "9"], "epochs": 2, "batch_size": 32, **probe},
     }

@@ -12,16 +12,13 @@ from pathlib import Path
 import yaml
 
 import probekit
+from probekit.testing import small_cnn_section
 
 SPEC = {
     "name": "inv-resume",
     "seed": 3,
     "device": "cpu",
-    "model": {
-        "type": "module",
-        "factory": "probekit.testing:small_cnn",
-        "kwargs": {"in_channels": 1, "num_classes": 10, "width": 4},
-    },
+    "model": small_cnn_section(),
     "data": {"type": "digits", "limit": 200, "test_limit": 40, "batch_size": 64},
     "probe": {"type": "inversion", "layers": ["2", "6", "9"], "epochs": 6, "batch_size": 16},
 }

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import probekit
+from probekit.testing import small_cnn_section
 
 REPO = Path(os.environ.get("PROBEKIT_REPO") or Path(__file__).resolve().parents[3])
 SHARED = REPO / ".." / "shared" / "data" / "lpips" / "alexnet_features.pth"
@@ -23,11 +24,7 @@ def _spec(lpips: bool) -> dict:
         "name": "robustness-test",
         "seed": 0,
         "device": "cpu",
-        "model": {
-            "type": "module",
-            "factory": "probekit.testing:small_cnn",
-            "kwargs": {"in_channels": 1, "num_classes": 10, "width": 4},
-        },
+        "model": small_cnn_section(),
         "data": {"type": "digits", "size": 32, "batch_size": 32},
         "probe": {
             "type": "robustness",
