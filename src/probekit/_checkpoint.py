@@ -1,10 +1,17 @@
-"""Atomic file writes and safe checkpoint loading."""
+"""Atomic, confined file writes and checksummed, safe checkpoint loading.
+
+Every write goes through `atomic_open`, which refuses paths outside the run directory (and the
+cache) and symbolic links inside it (see `probekit._files`). Checkpoints written by `save` end
+with a line `PROBEKIT-SHA256:<hex>` over the bytes before it (torch.load ignores trailing bytes);
+`load` checks it, so a damaged checkpoint is detected instead of loaded.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,16 +53,16 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
 
     A reader never sees a half-written file, and a crash leaves the old file.
     """
-    path = Path(path)
+    from probekit._files import check_write
+
+    path = check_write(path)
     if _read_only_roots:
         resolved = path.resolve()
         if _under(resolved, _read_only_roots) and not _under(resolved, _writable_roots):
-            import io
-
             yield io.BytesIO() if "b" in mode else io.StringIO()
             return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -70,7 +77,27 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         raise
 
 
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """Create a new, empty `.NAME.<random>.tmp` beside `path`; return its descriptor and path.
+
+    Unlike `tempfile.mkstemp` (always 0600), the file gets mode 0666 less the process umask, as
+    any other program's files do (0644 under the usual umask 022), so colleagues can read a
+    shared run directory.
+    """
+    import secrets
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
     with atomic_open(path, "w") as f:
         f.write(text)
 
@@ -90,24 +117,48 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+_TRAILER = b"\nPROBEKIT-SHA256:"
+_TRAILER_LEN = len(_TRAILER) + 64 + 1
+
+
+def with_checksum(payload: bytes) -> bytes:
+    """``payload`` followed by the checksum line that `verified` checks."""
+    return payload + _TRAILER + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+
+
+def verified(data: bytes, name: str) -> bytes:
+    """The payload of ``data`` written by `with_checksum`, checked (data without a checksum line is
+    returned as it is: files written before checksums existed). A mismatch raises
+    `CorruptCheckpointError` naming ``name``."""
+    tail = data[-_TRAILER_LEN:]
+    if len(data) < _TRAILER_LEN or not tail.startswith(_TRAILER):
+        return data
+    payload = data[:-_TRAILER_LEN]
+    if hashlib.sha256(payload).hexdigest().encode() != tail[len(_TRAILER):-1]:
+        raise CorruptCheckpointError(f"checkpoint {name} does not match its checksum (the file is damaged)")
+    return payload
+
+
 def save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """`torch.save` atomically. Keep `obj` to tensors, numbers, strings, lists and dicts."""
-    try:
-        with atomic_open(path, "wb") as f:
-            torch.save(obj, f)
-    except RuntimeError as exc:  # torch wraps a failed write (disk full) in a RuntimeError
-        cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, OSError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise cause from exc
-        raise
+    """``torch.save`` atomically, with a checksum. Keep ``obj`` to tensors, numbers, strings, lists and dicts."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_open(path, "wb") as f:
+        f.write(with_checksum(buf.getvalue()))
 
 
 def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint written by `save` with `weights_only=True` (no code runs)."""
+    """Load a checkpoint written by `save`: checksum checked, then ``weights_only=True`` (no code runs).
+
+    A damaged or unreadable file raises `CorruptCheckpointError`.
+    """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({exc}); delete it to recompute") from exc
+    payload = verified(data, str(path))
+    try:
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as exc:
         raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({exc}); delete it to recompute") from exc
 
@@ -130,7 +181,11 @@ def load_state_dict(path: str | os.PathLike[str], *, spec_path: str = "model.wei
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # a damaged or truncated file: SafetensorError, OSError, ...
+            raise SpecError(f"cannot read weights {path} ({type(exc).__name__}: {exc})", path=spec_path,
+                            fix="The file is damaged or not a safetensors file; save or download it again.") from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
