@@ -434,8 +434,8 @@ class InversionProbe(Probe):
             self._train(run, {"inverse": module}, tag, f"inverse-{i:02d}-{safe_name(source.name)}.pt",
                         batches, step, val_loss)
             run.log(
-                f"{tag}: {module.description}, {n_parameters(module):,} parameters, kept epoch "
-                f"{self.best_epoch[tag]}/{len(self.train_losses[tag])}"
+                f"inverse {self.label(source.name)}->{self.label(target.name)}: {module.description}, "
+                f"{n_parameters(module):,} parameters, kept epoch {self.best_epoch[tag]}/{len(self.train_losses[tag])}"
             )
             steps[i] = module
             if self.target == "chained" and i > 0:
@@ -513,7 +513,7 @@ class InversionProbe(Probe):
                 modules=[chain], maximum=n_train)
             self._train(run, {"chain": chain}, tag, f"direct-{depth:02d}-{safe_name(name)}.pt", batches, step,
                         val_loss)
-            run.log(f"{tag}: {n_parameters(chain):,} parameters, kept epoch "
+            run.log(f"direct inverse {self.label(name)}->input: {n_parameters(chain):,} parameters, kept epoch "
                     f"{self.best_epoch[tag]}/{len(self.train_losses[tag])}")
             self.direct[name] = chain
 
