@@ -73,6 +73,7 @@ class Run:
         self.warnings: list[str] = []
         self.table_keys: dict[str, list[str]] = {}  # csv name -> key columns declared by write_csv
         self.timings: dict[str, float] = {}
+        self._heartbeat: Any = None  # progress lines on stderr when it is not a terminal (_progress)
         self._log_file: Any = None
 
     # -- logging and progress --------------------------------------------------------
@@ -82,6 +83,8 @@ class Run:
         self.debug(message)
         if not self.quiet:
             print(line, file=sys.stderr)
+            if self._heartbeat is not None:
+                self._heartbeat.printed()
 
     def warn(self, message: str) -> None:
         """Log a warning (log.txt and stderr) and show it at the top of the report."""
@@ -96,9 +99,12 @@ class Run:
             self._log_file.flush()
 
     def progress(self, iterable: Iterable[Any], *, total: int | None = None, desc: str = "") -> Iterable[Any]:
-        """Wrap a loop with a progress bar (quiet when not a TTY or with --quiet)."""
-        if self.quiet or not sys.stderr.isatty():
+        """Wrap a loop with a progress bar; when stderr is not a terminal, count it for the progress
+        lines written at most every 30 s (`probekit._progress`); nothing with --quiet."""
+        if self.quiet:
             return iterable
+        if not sys.stderr.isatty():
+            return self._heartbeat.wrap(iterable, total=total, desc=desc) if self._heartbeat else iterable
         from tqdm.auto import tqdm
 
         return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
@@ -339,6 +345,7 @@ def execute(run: Run) -> dict[str, Any]:
     pm = get_plugin_manager()
     start = time.time()
     restore = _install_sigterm_handler(run)
+    _start_heartbeat(run)
     try:
         world = distributed.world_size()
         run.log(f"run '{run.spec.name}' in {run.run_dir} on {run.device}" + (" (resumed)" if run.resume else "")
@@ -352,23 +359,28 @@ def execute(run: Run) -> dict[str, Any]:
         if run.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         t = time.time()
+        _stage(run, "data")
         if run.spec.data is not None:
             run.data = build_data(run)
             run.log(f"data '{run.spec.data.type}': {len(run.data.train)} train / {len(run.data.test)} test, "
                     f"images {tuple(run.data.info.image_shape)}")
+        _stage(run, "model")
         run.model = _build_model(run)
         run.timings["setup"] = time.time() - t
         run.probe = create_probe(run.spec.probe.type, **run.options["probe"])
         if distributed.is_main():
             pm.hook.probekit_run_started(run=run)
         t = time.time()
+        _stage(run, "fit")
         run.probe.fit(run)
         run.timings["fit"] = time.time() - t
         t = time.time()
+        _stage(run, "evaluate")
         results = run.probe.evaluate(run)
         run.timings["evaluate"] = time.time() - t
         run.timings["total"] = time.time() - start
         distributed.barrier()
+        _stage(run, "report")
         if distributed.is_main():
             written = {**results, "provenance": provenance(run)}
             ckpt.write_json(run.run_dir / "metrics.json", written)
@@ -387,6 +399,7 @@ def execute(run: Run) -> dict[str, Any]:
             pass
         raise
     finally:
+        _stop_heartbeat(run)
         restore()
         ckpt.set_read_only(None)
         if run._log_file is not None:
@@ -465,6 +478,26 @@ def _execute_seeds(run: Run) -> dict[str, Any]:
         run._log_file = None
         if owns_group:
             distributed.shutdown(wait=False)
+
+
+def _start_heartbeat(run: Run) -> None:
+    """Progress lines on stderr for a run that prints there but not to a terminal (nohup, SLURM, CI)."""
+    if run.quiet or sys.stderr.isatty():
+        return
+    from probekit._progress import Heartbeat
+
+    run._heartbeat = Heartbeat().start()
+
+
+def _stage(run: Run, name: str) -> None:
+    if run._heartbeat is not None:
+        run._heartbeat.stage(name)
+
+
+def _stop_heartbeat(run: Run) -> None:
+    if run._heartbeat is not None:
+        run._heartbeat.stop()
+        run._heartbeat = None
 
 
 def _install_sigterm_handler(run: Run) -> Callable[[], None]:
