@@ -217,7 +217,7 @@ class LengthGeneralizationProbe(Probe):
         mean_image = self.images(run, "train").mean(0, keepdim=True).expand_as(test)
         baseline: list[float] = []
         rows = []
-        for length in lengths:
+        for length in run.progress(lengths, desc="length-generalization eval (lengths)"):
             ctx, qry = self.eval_set(run, test, length)
             target = extract_patches(test, qry, o.patch_size)
             baseline.append(float(patch_mse(extract_patches(mean_image, qry, o.patch_size), target)))
@@ -301,7 +301,7 @@ class LengthGeneralizationProbe(Probe):
         recon_mse: dict[str, dict[str, float]] = {v: {} for v in self.models}
         recons: dict[str, list[torch.Tensor]] = {v: [] for v in self.models}
         seen = []
-        for n in prefixes:
+        for n in run.progress(prefixes, desc="prefix reconstructions"):
             ctx = ctx_all[:, :n]
             seen_img, _ = paste_patches(extract_patches(image, ctx, p)[0], ctx[0], side)
             seen.append(seen_img)
