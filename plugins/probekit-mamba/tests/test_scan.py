@@ -186,10 +186,12 @@ def _rand(g, *shape, dtype=torch.float64):
 
 
 def _mamba1_kernel_inputs(b, d, n, length, dtype=torch.float64, seed=0):
+    """u, delta, A, B, C, D, z, delta_bias, init: the layout of _kernel.mamba1_scan (u, delta, z (b, L, d))."""
     g = torch.Generator().manual_seed(seed)
-    return [_rand(g, b, length, d, dtype=dtype), torch.rand(b, length, d, generator=g, dtype=dtype) * 0.5 + 0.01,
+    return [_rand(g, b, length, d, dtype=dtype), _rand(g, b, length, d, dtype=dtype),
             -torch.rand(d, n, generator=g, dtype=dtype) * 2 - 0.1, _rand(g, b, length, n, dtype=dtype),
-            _rand(g, b, length, n, dtype=dtype), _rand(g, b, d, n, dtype=dtype)]
+            _rand(g, b, length, n, dtype=dtype), _rand(g, d, dtype=dtype), _rand(g, b, length, d, dtype=dtype),
+            _rand(g, d, dtype=dtype), _rand(g, b, d, n, dtype=dtype)]
 
 
 def _mamba2_kernel_inputs(b, length, heads, p, groups, n, dtype=torch.float64, seed=0):
@@ -211,11 +213,22 @@ def test_kernel_builds_where_there_is_a_compiler():
 
 # d: one channel block (16) with a tail, several blocks; lengths: one chunk, ragged tails
 @needs_kernel
-@pytest.mark.parametrize("d,n,length,chunk", [(6, 4, 7, 3), (20, 3, 17, 8), (37, 4, 5, 32), (3, 1, 1, 4)])
-def test_kernel_mamba1_gradcheck_float64(d, n, length, chunk):
-    """The hand-written backward against numerical derivatives (all inputs, initial and last state)."""
-    args = [t.requires_grad_(True) for t in _mamba1_kernel_inputs(2, d, n, length)]
-    assert torch.autograd.gradcheck(lambda *a: _kernel.mamba1_scan(*a, chunk=chunk), args)
+@pytest.mark.parametrize("d,n,length,chunk", [(6, 4, 7, 3), (20, 2, 9, 4), (37, 2, 3, 32), (3, 1, 1, 4)])
+@pytest.mark.parametrize("softplus", [True, False])
+def test_kernel_mamba1_gradcheck_float64(d, n, length, chunk, softplus):
+    """The hand-written backward against numerical derivatives (every input, initial and last state)."""
+    *args, init = [t.requires_grad_(True) for t in _mamba1_kernel_inputs(2, d, n, length)]
+    if not softplus:  # dt = delta + bias itself: keep it positive (else the state grows exponentially)
+        args[1] = (args[1].detach().abs() + 0.05).requires_grad_(True)
+        args[7] = (args[7].detach().abs() * 0.1).requires_grad_(True)
+
+    def scan(*a):
+        return _kernel.mamba1_scan(*a[:8], softplus, a[8], chunk=chunk)
+    assert torch.autograd.gradcheck(scan, [*args, init])
+    # without the optional inputs
+    u, delta, A, B, C = args[:5]
+    assert torch.autograd.gradcheck(lambda *a: _kernel.mamba1_scan(*a, delta_softplus=softplus, chunk=chunk),
+                                    [u, delta, A, B, C])
 
 
 @needs_kernel
@@ -286,7 +299,7 @@ def test_kernel_results_do_not_depend_on_threads():
         for threads in (1, 3):
             torch.set_num_threads(threads)
             args = [t.requires_grad_(True) for t in _mamba1_kernel_inputs(3, 40, 8, 70, torch.float32)]
-            y, last = _kernel.mamba1_scan(*args, chunk=16)
+            y, last = _kernel.mamba1_scan(*args[:8], True, args[8], chunk=16)
             (y.sum() + last.sum()).backward()
             results.append([y.detach(), last.detach(), *(a.grad for a in args)])
     finally:

@@ -86,8 +86,8 @@ def _build(source: str, out: Path, cxx: str) -> None:
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     for suffix in ("f32", "f64"):
-        getattr(lib, f"pk_m1_fwd_{suffix}").argtypes = [i64] * 5 + [ptr] * 10 + [i64]
-        getattr(lib, f"pk_m1_bwd_{suffix}").argtypes = [i64] * 5 + [ptr] * 14 + [i64]
+        getattr(lib, f"pk_m1_fwd_{suffix}").argtypes = [i64] * 6 + [ptr] * 14 + [i64]
+        getattr(lib, f"pk_m1_bwd_{suffix}").argtypes = [i64] * 6 + [ptr] * 21 + [i64]
         getattr(lib, f"pk_m2_fwd_{suffix}").argtypes = [i64] * 7 + [ptr] * 10 + [i64]
         getattr(lib, f"pk_m2_bwd_{suffix}").argtypes = [i64] * 7 + [ptr] * 14 + [i64]
         for kind in ("m1_fwd", "m1_bwd", "m2_fwd", "m2_bwd"):
@@ -150,44 +150,67 @@ def _contig(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.contiguous()
 
 
+def _rows(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` with contiguous last dimension (the kernel reads rows of channels), copied only if needed."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+def _strides(*views: torch.Tensor | None) -> ctypes.Array:
+    """The (batch, position, channel) strides of 3-d tensors, three per tensor (zeros for an absent one)."""
+    values = [s for v in views for s in (v.stride() if v is not None else (0, 0, 0))]
+    return (ctypes.c_int64 * len(values))(*values)
+
+
 class _Mamba1(torch.autograd.Function):
-    """Mamba's scan. u, dt, y: (b, L, d); A: (d, n); B, C: (b, L, n); init, last: (b, d, n)."""
+    """Mamba's scan with mamba-ssm's extras: ``out = (C . h + D u) * silu(z)``, ``dt = softplus(delta + bias)``.
+
+    u, delta, z, out: (b, L, d); A: (d, n); B, C: (b, L, n); D, bias: (d,); init, last: (b, d, n). The
+    kernel reads strided tensors whose last dimension is contiguous; others are copied first.
+    """
 
     @staticmethod
-    def forward(ctx: Any, u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,  # type: ignore[override]
-                C: torch.Tensor, init: torch.Tensor | None, chunk: int, want_states: bool) -> Any:
-        u, dt, A, B, C, init = (_contig(t) for t in (u, dt, A, B, C, init))
+    def forward(ctx: Any, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,  # type: ignore[override]
+                C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None, bias: torch.Tensor | None,
+                init: torch.Tensor | None, softplus: bool, chunk: int, want_states: bool) -> Any:
+        A, D, bias, init = (_contig(t) for t in (A, D, bias, init))
+        u, delta, z, B, C = (_rows(t) for t in (u, delta, z, B, C))
         b, L, d = u.shape
         n = A.shape[1]
         nc = -(-L // chunk)
-        y = u.new_empty(b, L, d)
+        out = u.new_empty(b, L, d)
         last = u.new_empty(b, d, n)
         ckpt = u.new_empty(b, nc, d, n) if any(ctx.needs_input_grad) else None
         states = u.new_empty(b, L, d, n) if want_states else None
-        _call("m1_fwd", u.dtype, b, L, d, n, chunk, *map(_p, (u, dt, A, B, C, init, y, last, ckpt, states)))
-        ctx.chunk, ctx.has_init = chunk, init is not None
+        strides = _strides(u, delta, z, B, C)
+        _call("m1_fwd", u.dtype, b, L, d, n, chunk, int(softplus), *map(_p, (u, delta, z, B, C)), strides,
+              *map(_p, (A, D, bias, init, out, last, ckpt, states)))
+        ctx.chunk, ctx.softplus, ctx.has_init = chunk, softplus, init is not None
         if ckpt is not None:
-            ctx.save_for_backward(u, dt, A, B, C, ckpt)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, bias, ckpt)
         if states is None:
-            return y, last
+            return out, last
         ctx.mark_non_differentiable(states)
-        return y, last, states
+        return out, last, states
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, gy: torch.Tensor, glast: torch.Tensor | None, *_: Any) -> Any:
-        u, dt, A, B, C, ckpt = ctx.saved_tensors
+    def backward(ctx: Any, gout: torch.Tensor, glast: torch.Tensor | None, *_: Any) -> Any:
+        u, delta, A, B, C, D, z, bias, ckpt = ctx.saved_tensors
         b, L, d = u.shape
         n = A.shape[1]
         blocks = -(-d // 16)  # the kernel's channel blocks (W in _scan_kernel.cpp)
-        gy, glast = _contig(gy), _contig(glast)
-        gu, gdt = torch.empty_like(u), torch.empty_like(u)
-        gA = u.new_empty(b, d, n)
+        glast = _contig(glast)
+        gout = _rows(gout)
+        gu, gdelta = u.new_empty(b, L, d), u.new_empty(b, L, d)
+        gz = u.new_empty(b, L, d) if z is not None else None
+        gA, gD, gbias = u.new_empty(b, d, n), u.new_empty(b, d), u.new_empty(b, d)
         gB, gC = u.new_empty(blocks, b, L, n), u.new_empty(blocks, b, L, n)
-        ginit = u.new_empty(b, d, n) if ctx.has_init and ctx.needs_input_grad[5] else None
-        _call("m1_bwd", u.dtype, b, L, d, n, ctx.chunk,
-              *map(_p, (u, dt, A, B, C, ckpt, gy, glast, gu, gdt, gA, gB, gC, ginit)))
-        return gu, gdt, gA.sum(0), gB.sum(0), gC.sum(0), ginit, None, None
+        ginit = u.new_empty(b, d, n) if ctx.has_init and ctx.needs_input_grad[8] else None
+        strides = _strides(u, delta, z, B, C, gout)
+        _call("m1_bwd", u.dtype, b, L, d, n, ctx.chunk, int(ctx.softplus), *map(_p, (u, delta, z, B, C, gout)),
+              strides, *map(_p, (A, D, bias, ckpt, glast, gu, gdelta, gz, gA, gD, gbias, gB, gC, ginit)))
+        return (gu, gdelta, gA.sum(0), gB.sum(0), gC.sum(0), gD.sum(0) if D is not None else None, gz,
+                gbias.sum(0) if bias is not None else None, ginit, None, None, None)
 
 
 class _Mamba2(torch.autograd.Function):
@@ -232,15 +255,19 @@ class _Mamba2(torch.autograd.Function):
         return gx, gdt, gA.sum(0), gB, gC, ginit, None, None
 
 
-def mamba1_scan(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                init: torch.Tensor | None = None, *, chunk: int = 32,
+def mamba1_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                D: torch.Tensor | None = None, z: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
+                delta_softplus: bool = False, init: torch.Tensor | None = None, *, chunk: int = 32,
                 return_states: bool = False) -> tuple[torch.Tensor, ...]:
-    """Mamba's scan on the kernel: `(y, last)` or `(y, last, states)`.
+    """Mamba's scan on the kernel, as mamba-ssm's ``selective_scan_fn``: ``(out, last)`` or ``(out, last, states)``.
 
-    `u`, `dt`, `y`: (batch, L, d); `A`: (d, n); `B`, `C`: (batch, L, n); `init`, `last`:
-    (batch, d, n); `states`: (batch, L, d, n), without gradient. One dtype (float32 or float64), CPU.
+    ``out = (C_t . h_t + D u_t) * silu(z_t)`` with ``dt = softplus(delta + delta_bias)`` (softplus if
+    ``delta_softplus``). ``u``, ``delta``, ``z``, ``out``: (batch, L, d); ``A``: (d, n); ``B``, ``C``:
+    (batch, L, n); ``D``, ``delta_bias``: (d,); ``init``, ``last``: (batch, d, n); ``states``:
+    (batch, L, d, n), without gradient. Strided views are read in place when their last dimension is
+    contiguous. One dtype (float32 or float64), CPU.
     """
-    return _Mamba1.apply(u, dt, A, B, C, init, chunk, return_states)
+    return _Mamba1.apply(u, delta, A, B, C, D, z, delta_bias, init, delta_softplus, chunk, return_states)
 
 
 def mamba2_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,

@@ -10,8 +10,9 @@
 // 1/K of the states); the backward recomputes one chunk's states and decays from its checkpoint
 // into a small buffer and runs the reverse recurrence over it.
 //
-// Mamba (v1) layout: u, dt, y (batch, L, d); A (d, n); B, C (batch, L, n). A task is one batch row
-// and a block of W channels, computed lane-parallel (SIMD over channels, loops over n).
+// Mamba (v1) layout: u, delta, z, out (batch, L, d); A (d, n); B, C (batch, L, n); the channels contiguous;
+// the bias, softplus, D skip and silu(z) gate of mamba-ssm's selective_scan_fn are fused in. A task is one
+// batch row and a block of W channels, computed lane-parallel (SIMD over channels, loops over n).
 // Mamba2 layout: x, y (batch, L, heads, p); dt (batch, L, heads); A (heads); B, C (batch, L, groups, n).
 // A task is one (batch row, head), SIMD over n.
 //
@@ -51,7 +52,8 @@ inline float exp_k(float x) {
     float scale;
     std::memcpy(&scale, &bits, sizeof scale);
     float out = e * scale;
-    return x < lo ? 0.0f : out;
+    const float keep = x < lo ? 0.0f : 1.0f;  // a multiply, not a select: loops around it still vectorise
+    return out * keep;
 }
 
 inline double exp_k(double x) { return std::exp(x); }
@@ -73,13 +75,63 @@ void parallel_for(int64_t tasks, int64_t threads, const F& fn) {
     for (auto& t : pool) t.join();
 }
 
+// log for float > 0 (Cephes' logf, vectorisable: exponent and mantissa from the bits)
+inline float log_k(float x) {
+    int32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    const int32_t e = ((bits >> 23) & 0xff) - 126;
+    const int32_t mbits = (bits & static_cast<int32_t>(0x807fffff)) | 0x3f000000;
+    float m;
+    std::memcpy(&m, &mbits, sizeof m);  // x = m * 2^e, m in [0.5, 1)
+    const float low = m < 0.70710678118654752440f ? 1.0f : 0.0f;  // then x = (2m) * 2^(e-1)
+    const float fe = static_cast<float>(e) - low;
+    const float f = m + low * m - 1.0f;
+    const float z = f * f;
+    float y = 7.0376836292e-2f;
+    y = y * f - 1.1514610310e-1f;
+    y = y * f + 1.1676998740e-1f;
+    y = y * f - 1.2420140846e-1f;
+    y = y * f + 1.4249322787e-1f;
+    y = y * f - 1.6668057665e-1f;
+    y = y * f + 2.0000714765e-1f;
+    y = y * f - 2.4999993993e-1f;
+    y = y * f + 3.3333331174e-1f;
+    y = y * f * z - 2.12194440e-4f * fe - 0.5f * z;
+    return f + y + 0.693359375f * fe;
+}
+
+// softplus as torch computes it (log1p(exp(x)), x itself above 20) and its derivative sigmoid(x)
+inline void softplus_k(float x, float& out, float& slope) {
+    const float e = exp_k(x);
+    const float one_e = 1.0f + e;
+    const float lp = log_k(one_e) + (e - (one_e - 1.0f)) / one_e;  // log1p(e), exact for tiny e
+    const float big = x > 20.0f ? 1.0f : 0.0f;  // arithmetic blends (lp is finite): the loop vectorises
+    out = big * x + (1.0f - big) * lp;
+    slope = big + (1.0f - big) * (e / one_e);
+}
+
+inline void softplus_k(double x, double& out, double& slope) {
+    const double e = std::exp(x);
+    out = x > 20.0 ? x : std::log1p(e);
+    slope = x > 20.0 ? 1.0 : e / (1.0 + e);
+}
+
+template <class T>
+struct View {  // a 3-d tensor (batch, position, channel), channels contiguous; p == nullptr: absent
+    const T* p;
+    int64_t sb, sl, sc;  // sc is 1 (the caller makes sure)
+    const T* row(int64_t bi, int64_t t) const { return p + bi * sb + t * sl; }
+};
+
 // ---------------------------------------------------------------------------------------------
-// Mamba (v1)
+// Mamba (v1): out = (C . h + D u) * silu(z), dt = softplus(delta + bias), as mamba-ssm's selective_scan_fn
 // ---------------------------------------------------------------------------------------------
 template <class T>
 struct M1 {
     int64_t b, L, d, n, K;
-    const T *u, *dt, *A, *B, *C, *init;
+    View<T> u, delta, z, B, C;  // (b, L, d) and (b, L, n); z optional
+    const T *A, *D, *bias, *init;  // (d, n), (d), (d), (b, d, n); all but A optional
+    bool softplus;
     int64_t blocks() const { return (d + W - 1) / W; }
     int64_t chunks() const { return (L + K - 1) / K; }
 
@@ -107,106 +159,151 @@ struct M1 {
         }
     }
 
-    void load_lanes(const T* src, int64_t bi, int64_t t, int64_t d0, int64_t w, T* dst) const {
-        const T* s = src + (bi * L + t) * d + d0;
-        for (int64_t j = 0; j < w; ++j) dst[j] = s[j];
-        for (int64_t j = w; j < W; ++j) dst[j] = 0;
+    // per-task constants: A (n, W), D, bias (W), zero past the last channel
+    struct Lanes {
+        std::vector<T> A;
+        T D[W], bias[W];
+    };
+    Lanes lanes(int64_t d0, int64_t w) const {
+        Lanes c;
+        c.A.assign(n * W, T(0));
+        for (int64_t k = 0; k < n; ++k)
+            for (int64_t j = 0; j < w; ++j) c.A[k * W + j] = A[(d0 + j) * n + k];
+        for (int64_t j = 0; j < W; ++j) {
+            c.D[j] = (D && j < w) ? D[d0 + j] : T(0);
+            c.bias[j] = (bias && j < w) ? bias[d0 + j] : T(0);
+        }
+        return c;
     }
 
-    void load_A(int64_t d0, int64_t w, T* Al) const {  // (n, W), zero past the last channel
-        for (int64_t k = 0; k < n; ++k)
-            for (int64_t j = 0; j < W; ++j) Al[k * W + j] = j < w ? A[(d0 + j) * n + k] : T(0);
+    static void load(const View<T>& v, int64_t bi, int64_t t, int64_t d0, int64_t w, T* dst) {
+        const T* src = v.row(bi, t) + d0;
+        if (w == W) {
+            std::memcpy(dst, src, sizeof(T) * W);
+        } else {
+            for (int64_t j = 0; j < W; ++j) dst[j] = j < w ? src[j] : T(0);
+        }
     }
 
-    // state (b, d, n) rows <-> lanes (n, W)
-    void get_state(const T* src, int64_t bi, int64_t d0, int64_t w, T* h) const {
-        for (int64_t k = 0; k < n; ++k)
-            for (int64_t j = 0; j < W; ++j) h[k * W + j] = (src && j < w) ? src[(bi * d + d0 + j) * n + k] : T(0);
-    }
-    void put_state(T* dst, int64_t bi, int64_t d0, int64_t w, const T* h) const {
-        for (int64_t k = 0; k < n; ++k)
-            for (int64_t j = 0; j < w; ++j) dst[(bi * d + d0 + j) * n + k] = h[k * W + j];
+    // the inputs of position t: dt (and d dt / d delta), u, B, C
+    void inputs(const Lanes& c, int64_t bi, int64_t t, int64_t d0, int64_t w, T* dtl, T* slope, T* ul, T* Bt,
+                T* Ct) const {
+        load(delta, bi, t, d0, w, dtl);
+        if (softplus) {
+#pragma omp simd
+            for (int64_t j = 0; j < W; ++j) softplus_k(dtl[j] + c.bias[j], dtl[j], slope[j]);
+        } else {
+            for (int64_t j = 0; j < W; ++j) {
+                dtl[j] += c.bias[j];
+                slope[j] = 1;
+            }
+        }
+        for (int64_t j = w; j < W; ++j) dtl[j] = 0;  // padding lanes: no decay, no input
+        load(u, bi, t, d0, w, ul);
+        std::memcpy(Bt, B.row(bi, t), sizeof(T) * n);
+        std::memcpy(Ct, C.row(bi, t), sizeof(T) * n);
     }
 
-    // y (b, L, d); last (b, d, n); ckpt (b, chunks, d, n) or null; states (b, L, d, n) or null
-    void forward(T* y, T* last, T* ckpt, T* states, int64_t threads) const {
+    // one state (d, n), e.g. a batch row of (b, d, n) <-> lanes (n, W); src == nullptr: zero
+    void get_state(const T* src, int64_t d0, int64_t w, T* h) const {
+        for (int64_t k = 0; k < n; ++k)
+            for (int64_t j = 0; j < W; ++j) h[k * W + j] = (src && j < w) ? src[(d0 + j) * n + k] : T(0);
+    }
+    void put_state(T* dst, int64_t d0, int64_t w, const T* h) const {
+        for (int64_t k = 0; k < n; ++k)
+            for (int64_t j = 0; j < w; ++j) dst[(d0 + j) * n + k] = h[k * W + j];
+    }
+
+    // out (b, L, d); last (b, d, n); ckpt (b, chunks, d, n) or null; states (b, L, d, n) or null
+    void forward(T* out, T* last, T* ckpt, T* states, int64_t threads) const {
         const int64_t nb = blocks(), nc = chunks();
         parallel_for(b * nb, threads, [&](int64_t task) {
             const int64_t bi = task / nb, d0 = (task % nb) * W, w = std::min(W, d - d0);
-            std::vector<T> Al(n * W), h(n * W), a(n * W);
-            load_A(d0, w, Al.data());
-            get_state(init, bi, d0, w, h.data());
-            T dtl[W], ul[W], yl[W];
+            const Lanes c = lanes(d0, w);
+            std::vector<T> h(n * W), a(n * W), Bt(n), Ct(n);
+            get_state(init ? init + bi * d * n : nullptr, d0, w, h.data());
+            T dtl[W], slope[W], ul[W], yl[W], zl[W];
             for (int64_t t = 0; t < L; ++t) {
-                if (ckpt && t % K == 0) {
-                    T* dst = ckpt + (bi * nc + t / K) * d * n;
-                    for (int64_t k = 0; k < n; ++k)
-                        for (int64_t j = 0; j < w; ++j) dst[(d0 + j) * n + k] = h[k * W + j];
+                if (ckpt && t % K == 0) put_state(ckpt + (bi * nc + t / K) * d * n, d0, w, h.data());
+                inputs(c, bi, t, d0, w, dtl, slope, ul, Bt.data(), Ct.data());
+                step(n, dtl, ul, c.A.data(), Bt.data(), Ct.data(), h.data(), a.data(), yl);
+                for (int64_t j = 0; j < W; ++j) yl[j] += c.D[j] * ul[j];
+                if (z.p) {
+                    load(z, bi, t, d0, w, zl);
+#pragma omp simd
+                    for (int64_t j = 0; j < W; ++j) yl[j] *= zl[j] / (T(1) + exp_k(-zl[j]));
                 }
-                load_lanes(dt, bi, t, d0, w, dtl);
-                load_lanes(u, bi, t, d0, w, ul);
-                step(n, dtl, ul, Al.data(), B + (bi * L + t) * n, C + (bi * L + t) * n, h.data(), a.data(), yl);
-                T* yt = y + (bi * L + t) * d + d0;
-                for (int64_t j = 0; j < w; ++j) yt[j] = yl[j];
+                T* ot = out + (bi * L + t) * d + d0;
+                for (int64_t j = 0; j < w; ++j) ot[j] = yl[j];
                 if (states) {
                     T* st = states + ((bi * L + t) * d + d0) * n;
                     for (int64_t j = 0; j < w; ++j)
                         for (int64_t k = 0; k < n; ++k) st[j * n + k] = h[k * W + j];
                 }
             }
-            put_state(last, bi, d0, w, h.data());
+            put_state(last + bi * d * n, d0, w, h.data());
         });
     }
 
-    // gy (b, L, d); glast (b, d, n) or null. Out: gu, gdt (b, L, d); gA (b, d, n) (summed over b by the
-    // caller); gB, gC (blocks, b, L, n) (summed over blocks by the caller); ginit (b, d, n) or null.
-    void backward(const T* ckpt, const T* gy, const T* glast, T* gu, T* gdt, T* gA, T* gB, T* gC, T* ginit,
-                  int64_t threads) const {
+    // gout (b, L, d) strided; glast (b, d, n) or null. Out: gu, gdelta, gz (b, L, d) (gz if z); gA (b, d, n),
+    // gD, gbias (b, d) (summed over b by the caller); gB, gC (blocks, b, L, n) (summed over blocks by the
+    // caller); ginit (b, d, n) or null.
+    void backward(const T* ckpt, View<T> gout, const T* glast, T* gu, T* gdelta, T* gz, T* gA, T* gD, T* gbias,
+                  T* gB, T* gC, T* ginit, int64_t threads) const {
         const int64_t nb = blocks(), nc = chunks();
         parallel_for(b * nb, threads, [&](int64_t task) {
             const int64_t bi = task / nb, blk = task % nb, d0 = blk * W, w = std::min(W, d - d0);
-            std::vector<T> Al(n * W), gh(n * W), hs((K + 1) * n * W), as(K * n * W), gAc(n * W);
+            const Lanes c = lanes(d0, w);
+            std::vector<T> gh(n * W), hs((K + 1) * n * W), as(K * n * W), ys(K * W), gAc(n * W), Bt(n), Ct(n);
             std::vector<double> gAsum(n * W, 0.0);
-            load_A(d0, w, Al.data());
-            get_state(glast, bi, d0, w, gh.data());
-            T dtl[W], ul[W], gyl[W], yl[W], dul[W], gdtl[W], sB[W];
-            for (int64_t c = nc - 1; c >= 0; --c) {
-                const int64_t t0 = c * K, t1 = std::min(L, t0 + K);
-                // recompute the chunk's states (hs[i] = state before position t0 + i) and decays
-                const T* start = ckpt + (bi * nc + c) * d * n;
-                for (int64_t k = 0; k < n; ++k)
-                    for (int64_t j = 0; j < W; ++j) hs[k * W + j] = j < w ? start[(d0 + j) * n + k] : T(0);
+            double gDsum[W] = {}, gbsum[W] = {};
+            get_state(glast ? glast + bi * d * n : nullptr, d0, w, gh.data());
+            T dtl[W], slope[W], ul[W], gyl[W], zl[W], dul[W], gdtl[W], sB[W];
+            for (int64_t ch = nc - 1; ch >= 0; --ch) {
+                const int64_t t0 = ch * K, t1 = std::min(L, t0 + K);
+                // recompute the chunk's states (hs[i] = state before position t0 + i), decays and C . h
+                get_state(ckpt + (bi * nc + ch) * d * n, d0, w, hs.data());
                 for (int64_t t = t0; t < t1; ++t) {
                     const int64_t i = t - t0;
                     std::copy(hs.begin() + i * n * W, hs.begin() + (i + 1) * n * W, hs.begin() + (i + 1) * n * W);
-                    load_lanes(dt, bi, t, d0, w, dtl);
-                    load_lanes(u, bi, t, d0, w, ul);
-                    step(n, dtl, ul, Al.data(), B + (bi * L + t) * n, C + (bi * L + t) * n,
-                         hs.data() + (i + 1) * n * W, as.data() + i * n * W, yl);
+                    inputs(c, bi, t, d0, w, dtl, slope, ul, Bt.data(), Ct.data());
+                    step(n, dtl, ul, c.A.data(), Bt.data(), Ct.data(), hs.data() + (i + 1) * n * W,
+                         as.data() + i * n * W, ys.data() + i * W);
                 }
                 std::fill(gAc.begin(), gAc.end(), T(0));
                 for (int64_t t = t1 - 1; t >= t0; --t) {
                     const int64_t i = t - t0;
-                    load_lanes(dt, bi, t, d0, w, dtl);
-                    load_lanes(u, bi, t, d0, w, ul);
-                    load_lanes(gy, bi, t, d0, w, gyl);
-                    const T* Bt = B + (bi * L + t) * n;
-                    const T* Ct = C + (bi * L + t) * n;
+                    inputs(c, bi, t, d0, w, dtl, slope, ul, Bt.data(), Ct.data());
+                    load(gout, bi, t, d0, w, gyl);
+                    if (z.p) {  // out = pre * silu(z), pre = C . h + D u
+                        load(z, bi, t, d0, w, zl);
+                        T gzl[W];
+#pragma omp simd
+                        for (int64_t j = 0; j < W; ++j) {
+                            const T sg = T(1) / (T(1) + exp_k(-zl[j]));
+                            const T pre = ys[i * W + j] + c.D[j] * ul[j];
+                            gzl[j] = gyl[j] * pre * sg * (T(1) + zl[j] * (T(1) - sg));
+                            gyl[j] *= zl[j] * sg;
+                        }
+                        T* gzt = gz + (bi * L + t) * d + d0;
+                        for (int64_t j = 0; j < w; ++j) gzt[j] = gzl[j];
+                    }
+                    for (int64_t j = 0; j < W; ++j) {
+                        gDsum[j] += gyl[j] * ul[j];
+                        dul[j] = dtl[j] * ul[j];
+                        gdtl[j] = 0;
+                        sB[j] = 0;
+                    }
                     T* gBt = gB + ((blk * b + bi) * L + t) * n;
                     T* gCt = gC + ((blk * b + bi) * L + t) * n;
                     const T* hprev = hs.data() + i * n * W;
                     const T* hcur = hs.data() + (i + 1) * n * W;
                     const T* at = as.data() + i * n * W;
-                    for (int64_t j = 0; j < W; ++j) {
-                        dul[j] = dtl[j] * ul[j];
-                        gdtl[j] = 0;
-                        sB[j] = 0;
-                    }
                     for (int64_t k = 0; k < n; ++k) {
                         const T bk = Bt[k], ck = Ct[k];
                         T* ghk = gh.data() + k * W;
                         T* gAk = gAc.data() + k * W;
-                        const T* Ak = Al.data() + k * W;
+                        const T* Ak = c.A.data() + k * W;
                         const T* hp = hprev + k * W;
                         const T* hc = hcur + k * W;
                         const T* ak = at + k * W;
@@ -226,17 +323,22 @@ struct M1 {
                         gBt[k] = gb;
                     }
                     T* gut = gu + (bi * L + t) * d + d0;
-                    T* gdtt = gdt + (bi * L + t) * d + d0;
+                    T* gdt = gdelta + (bi * L + t) * d + d0;
                     for (int64_t j = 0; j < w; ++j) {
-                        gut[j] = sB[j] * dtl[j];
-                        gdtt[j] = gdtl[j] + sB[j] * ul[j];
+                        gut[j] = sB[j] * dtl[j] + gyl[j] * c.D[j];
+                        gdt[j] = (gdtl[j] + sB[j] * ul[j]) * slope[j];
+                        gbsum[j] += gdt[j];
                     }
                 }
                 for (int64_t q = 0; q < n * W; ++q) gAsum[q] += gAc[q];
             }
             for (int64_t k = 0; k < n; ++k)
                 for (int64_t j = 0; j < w; ++j) gA[(bi * d + d0 + j) * n + k] = static_cast<T>(gAsum[k * W + j]);
-            if (ginit) put_state(ginit, bi, d0, w, gh.data());
+            for (int64_t j = 0; j < w; ++j) {
+                gD[bi * d + d0 + j] = static_cast<T>(gDsum[j]);
+                gbias[bi * d + d0 + j] = static_cast<T>(gbsum[j]);
+            }
+            if (ginit) put_state(ginit + bi * d * n, d0, w, gh.data());
         });
     }
 };
@@ -366,19 +468,31 @@ int guarded(const F& fn) {
 
 }  // namespace
 
-#define PK_M1(T, SUF)                                                                                              \
-    extern "C" int pk_m1_fwd_##SUF(int64_t b, int64_t L, int64_t d, int64_t n, int64_t K, const T* u,            \
-                                   const T* dt, const T* A, const T* B, const T* C, const T* init, T* y, T* last,  \
-                                   T* ckpt, T* states, int64_t threads) {                                           \
-        return guarded([&] { M1<T>{b, L, d, n, K, u, dt, A, B, C, init}.forward(y, last, ckpt, states, threads); }); \
-    }                                                                                                              \
-    extern "C" int pk_m1_bwd_##SUF(int64_t b, int64_t L, int64_t d, int64_t n, int64_t K, const T* u,            \
-                                   const T* dt, const T* A, const T* B, const T* C, const T* ckpt, const T* gy,    \
-                                   const T* glast, T* gu, T* gdt, T* gA, T* gB, T* gC, T* ginit, int64_t threads) { \
-        return guarded([&] {                                                                                       \
-            M1<T>{b, L, d, n, K, u, dt, A, B, C, nullptr}.backward(ckpt, gy, glast, gu, gdt, gA, gB, gC, ginit,   \
-                                                                   threads);                                        \
-        });                                                                                                        \
+// strides: u, delta, z, gout (b, L, d) and B, C (b, L, n), three each (the channel stride is 1)
+#define PK_M1(T, SUF)                                                                                          \
+    extern "C" int pk_m1_fwd_##SUF(int64_t b, int64_t L, int64_t d, int64_t n, int64_t K, int64_t softplus,   \
+                                   const T* u, const T* delta, const T* z, const T* B, const T* C,             \
+                                   const int64_t* st, const T* A, const T* D, const T* bias, const T* init,    \
+                                   T* out, T* last, T* ckpt, T* states, int64_t threads) {                     \
+        return guarded([&] {                                                                                   \
+            M1<T> m{b, L, d, n, K, {u, st[0], st[1], st[2]}, {delta, st[3], st[4], st[5]},                    \
+                    {z, st[6], st[7], st[8]}, {B, st[9], st[10], st[11]}, {C, st[12], st[13], st[14]},         \
+                    A, D, bias, init, softplus != 0};                                                          \
+            m.forward(out, last, ckpt, states, threads);                                                       \
+        });                                                                                                    \
+    }                                                                                                          \
+    extern "C" int pk_m1_bwd_##SUF(int64_t b, int64_t L, int64_t d, int64_t n, int64_t K, int64_t softplus,   \
+                                   const T* u, const T* delta, const T* z, const T* B, const T* C,             \
+                                   const T* gout, const int64_t* st, const T* A, const T* D, const T* bias,    \
+                                   const T* ckpt, const T* glast, T* gu, T* gdelta, T* gz, T* gA, T* gD,       \
+                                   T* gbias, T* gB, T* gC, T* ginit, int64_t threads) {                        \
+        return guarded([&] {                                                                                   \
+            M1<T> m{b, L, d, n, K, {u, st[0], st[1], st[2]}, {delta, st[3], st[4], st[5]},                    \
+                    {z, st[6], st[7], st[8]}, {B, st[9], st[10], st[11]}, {C, st[12], st[13], st[14]},         \
+                    A, D, bias, nullptr, softplus != 0};                                                       \
+            m.backward(ckpt, {gout, st[15], st[16], st[17]}, glast, gu, gdelta, gz, gA, gD, gbias, gB, gC,     \
+                       ginit, threads);                                                                        \
+        });                                                                                                    \
     }
 
 #define PK_M2(T, SUF)                                                                                              \
@@ -403,4 +517,4 @@ PK_M1(double, f64)
 PK_M2(float, f32)
 PK_M2(double, f64)
 
-extern "C" int pk_abi_version() { return 1; }
+extern "C" int pk_abi_version() { return 2; }

@@ -165,17 +165,23 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     n = A.shape[-1]
     in_dtype = u.dtype
     cdt = _compute_dtype(u)
+    if length > 0 and _kernel_ok([u, delta, A, B, C, D, z, delta_bias], return_states):
+        def c(v: torch.Tensor | None) -> torch.Tensor | None:
+            return None if v is None else v.to(cdt)
+
+        def lc(v: torch.Tensor | None) -> torch.Tensor | None:  # (b, x, L) -> (b, L, x) views, no copies
+            return None if v is None else v.to(cdt).transpose(1, 2)
+
+        y, last, *every = _kernel.mamba1_scan(lc(u), lc(delta), c(A), lc(B), lc(C), c(D), lc(z), c(delta_bias),
+                                              delta_softplus, chunk=chunk_size, return_states=return_states)
+        extra = [last] * return_last_state + every
+        y = y.transpose(1, 2).to(in_dtype)
+        return (y, *(e.to(in_dtype) for e in extra)) if extra else y
     dt = delta.to(cdt)
     if delta_bias is not None:
         dt = dt + delta_bias.to(cdt)[..., None]
     if delta_softplus:
         dt = F.softplus(dt)
-    if length > 0 and _kernel_ok([u, delta, A, B, C, D, z, delta_bias], return_states):
-        y, last, *every = _kernel.mamba1_scan(u.to(cdt).transpose(1, 2), dt.transpose(1, 2), A.to(cdt),
-                                              B.to(cdt).transpose(1, 2), C.to(cdt).transpose(1, 2),
-                                              chunk=chunk_size, return_states=return_states)
-        return _finish_mamba1(y.transpose(1, 2), u, D, z, cdt, in_dtype,
-                              [last] * return_last_state + every)
     t = min(chunk_size, max(length, 1))
     pad = _pad_len(length, t)
     nc = (length + pad) // t
