@@ -19,8 +19,9 @@ class, parameters and `state_dict`; `save_pretrained` / `from_pretrained` are un
 Backends:
 
 `cpu-scan`
-    `probekit_mamba.scan.selective_scan` / `ssd_scan`: a chunked
-    scan in plain PyTorch with autograd (any device; fast on CPUs).
+    `probekit_mamba.scan.selective_scan` / `ssd_scan`: on CPU tensors a fused C++ kernel built at
+    first use (`probekit_mamba._kernel`), else a chunked scan in plain PyTorch with autograd (any
+    device; the fallback where no C++ compiler is found).
 `cuda`
     mamba-ssm's kernels (`selective_scan_fn`, `mamba_chunk_scan_combined`) and causal-conv1d
     when installed; CUDA tensors only (`pip install probekit-mamba[cuda]`).

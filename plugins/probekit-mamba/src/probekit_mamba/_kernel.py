@@ -151,7 +151,7 @@ def _contig(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _rows(t: torch.Tensor | None) -> torch.Tensor | None:
-    """``t`` with contiguous last dimension (the kernel reads rows of channels), copied only if needed."""
+    """`t` with contiguous last dimension (the kernel reads rows of channels), copied only if needed."""
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
@@ -162,7 +162,7 @@ def _strides(*views: torch.Tensor | None) -> ctypes.Array:
 
 
 class _Mamba1(torch.autograd.Function):
-    """Mamba's scan with mamba-ssm's extras: ``out = (C . h + D u) * silu(z)``, ``dt = softplus(delta + bias)``.
+    """Mamba's scan with mamba-ssm's extras: `out = (C . h + D u) * silu(z)`, `dt = softplus(delta + bias)`.
 
     u, delta, z, out: (b, L, d); A: (d, n); B, C: (b, L, n); D, bias: (d,); init, last: (b, d, n). The
     kernel reads strided tensors whose last dimension is contiguous; others are copied first.
@@ -259,11 +259,11 @@ def mamba1_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.
                 D: torch.Tensor | None = None, z: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
                 delta_softplus: bool = False, init: torch.Tensor | None = None, *, chunk: int = 32,
                 return_states: bool = False) -> tuple[torch.Tensor, ...]:
-    """Mamba's scan on the kernel, as mamba-ssm's ``selective_scan_fn``: ``(out, last)`` or ``(out, last, states)``.
+    """Mamba's scan on the kernel, as mamba-ssm's `selective_scan_fn`: `(out, last)` or `(out, last, states)`.
 
-    ``out = (C_t . h_t + D u_t) * silu(z_t)`` with ``dt = softplus(delta + delta_bias)`` (softplus if
-    ``delta_softplus``). ``u``, ``delta``, ``z``, ``out``: (batch, L, d); ``A``: (d, n); ``B``, ``C``:
-    (batch, L, n); ``D``, ``delta_bias``: (d,); ``init``, ``last``: (batch, d, n); ``states``:
+    `out = (C_t . h_t + D u_t) * silu(z_t)` with `dt = softplus(delta + delta_bias)` (softplus if
+    `delta_softplus`). `u`, `delta`, `z`, `out`: (batch, L, d); `A`: (d, n); `B`, `C`:
+    (batch, L, n); `D`, `delta_bias`: (d,); `init`, `last`: (batch, d, n); `states`:
     (batch, L, d, n), without gradient. Strided views are read in place when their last dimension is
     contiguous. One dtype (float32 or float64), CPU.
     """
