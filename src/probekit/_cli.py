@@ -52,12 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a spec, and that everything it names can be loaded here")
     v.add_argument("spec", help="path of the spec.yaml, or the name of an installed example")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--deep", action="store_true",
+                   help="also build the model (untrained) and check the probe's layers against it")
 
     pl = sub.add_parser("plugins", help="list installed plugins, their hooks and what they provide")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
 
     ls = sub.add_parser("list", help="list registered models, probes, metrics, datasets or perturbations")
-    ls.add_argument("kind", choices=["models", "probes", "metrics", "datasets", "perturbations"])
+    ls.add_argument("kind", choices=[*_KINDS, *(k[:-1] for k in _KINDS), "all"], metavar="KIND",
+                    help=f"{', '.join(_KINDS)} (or the singular), or all")
     ls.add_argument("--json", action="store_true")
 
     ex = sub.add_parser("examples", help="list the example specs shipped with the installed packages; copy one")
@@ -73,10 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="regenerate report.md and report.html of a run directory")
     rep.add_argument("run_dir")
 
-    cmp_ = sub.add_parser("compare", help="put the metrics of several runs side by side")
-    cmp_.add_argument("run_dirs", nargs="+")
-    cmp_.add_argument("-o", "--output", help="also write the table (CSV) and a figure (PNG) with this stem")
+    cmp_ = sub.add_parser("compare", help="put the results of several runs side by side, with their "
+                                          "differences from the first and the differences of their specs")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories; the first is "
+                                                                     "the reference of the differences")
+    cmp_.add_argument("-o", "--output", metavar="STEM",
+                      help="also write STEM.csv, STEM.md, STEM.html and a figure of the main curves, STEM.png")
+    cmp_.add_argument("--format", choices=["text", "md", "html"], default="text",
+                      help="what to print: aligned text (default), Markdown or HTML")
     return p
+
+
+_KINDS = ["models", "probes", "metrics", "datasets", "perturbations"]
 
 
 def _print_error(exc: BaseException) -> None:
@@ -102,9 +113,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `probekit schema | head`: the reader has gone; stop quietly, as cat does
+        _discard_stdout()
+        return 128 + 13  # as if killed by SIGPIPE
     except Exception as exc:  # not a SpecError or RunError: a bug in probekit or a plugin
         _print_bug(exc, debug=args.debug)
         return EXIT_FAILED
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit cannot fail again on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (an embedding program's)
+        pass
 
 
 def _print_bug(exc: BaseException, *, debug: bool) -> None:
@@ -169,9 +193,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     loaded = load_spec(_spec_source(args.spec), args.overrides)
     checked = check_environment(loaded)  # every type, its dependencies and import strings load here
+    deep = ""
+    if args.deep:  # build data and model (untrained) as --dry-run does: unknown layers are exit 2
+        from probekit._dryrun import dry_run
+
+        deep = dry_run(loaded)
     print(f"{args.spec}: valid; everything it names can be loaded here:")
     for line in checked:
         print(f"  {line}")
+    if deep:
+        print("built here (the model untrained), the probe's layers checked against it:")
+        for line in deep.splitlines():
+            print(f"  {line}")
     return EXIT_OK
 
 
@@ -218,14 +251,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _print_bug(exc, debug=args.debug)
         print(f"the run failed; see {prepared.run_dir / 'log.txt'}", file=sys.stderr)
         return EXIT_FAILED
-    from probekit._report import flatten, fmt
+    from probekit._errors import display_path
+    from probekit._report import layer_order, summary_line
 
     if os.environ.get("RANK", "0") != "0":  # only rank 0 reports (the process group is gone by now)
         return EXIT_OK
-    head = ", ".join(f"{k}={fmt(v)}" for k, v in flatten(results)
-                     if isinstance(v, (int, float)) and not isinstance(v, bool))[:300]
-    print(f"done: {head}")
-    print(f"report: {prepared.run_dir / 'report.html'}")
+    print("done: " + summary_line(results, layers=layer_order(prepared), more=" in metrics.json"))
+    print(f"report: {display_path(prepared.run_dir / 'report.html')}")
     return EXIT_OK
 
 
@@ -252,14 +284,25 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from probekit._plugins import get_plugin_manager
 
     pm = get_plugin_manager()
-    entries = [pm.get(args.kind, n) for n in pm.names(args.kind)]
+    kinds = _KINDS if args.kind == "all" else [args.kind if args.kind in _KINDS else args.kind + "s"]
+    found = {kind: [pm.get(kind, n) for n in pm.names(kind)] for kind in kinds}
     if args.json:
-        print(json.dumps([{"name": e.name, "provider": e.provider, "description": e.description}
-                          for e in entries], indent=2))
+        listed = {kind: [{"name": e.name, "provider": e.provider, "description": e.description}
+                         for e in entries] for kind, entries in found.items()}
+        print(json.dumps(listed if args.kind == "all" else listed[kinds[0]], indent=2))
         return EXIT_OK
+    for i, (kind, entries) in enumerate(found.items()):
+        if args.kind == "all":
+            print(("\n" if i else "") + f"{kind}:")
+        _print_entries(kind, entries, indent="  " if args.kind == "all" else "")
+    return EXIT_OK
+
+
+def _print_entries(kind: str, entries: list[Any], *, indent: str = "") -> None:
+    """One line per registered name: name, description (cut to the terminal's width), provider."""
     if not entries:
-        print(f"no {args.kind} installed")
-        return EXIT_OK
+        print(f"{indent}no {kind} installed")
+        return
     width = max(len(e.name) for e in entries)
     try:
         cols = os.get_terminal_size().columns
@@ -267,12 +310,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
         cols = 100
     for e in entries:
         provider = e.provider.replace("probekit.builtin.", "builtin:")
-        text = f"{e.name:<{width}}  {e.description}"
+        text = f"{indent}{e.name:<{width}}  {e.description}"
         room = max(cols - len(provider) - 4, 40)
         if len(text) > room:
             text = text[: room - 1] + "…"
         print(f"{text}  [{provider}]")
-    return EXIT_OK
 
 
 def _cmd_examples(args: argparse.Namespace) -> int:
@@ -329,7 +371,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from probekit._compare import compare
 
-    print(compare([Path(d) for d in args.run_dirs], args.output))
+    print(compare([Path(d) for d in args.run_dirs], args.output, format=args.format))
     return EXIT_OK
 
 

@@ -12,11 +12,12 @@ def dry_run(loaded: LoadedSpec) -> str:
 
     from probekit._adapter import check_probe_layers
     from probekit._data import build_data
+    from probekit._errors import display_path
     from probekit._registry import create_probe
     from probekit._runner import Run, default_run_dir, resolve_device
 
     spec = loaded.spec
-    lines = [f"spec: {loaded.path or '<dict>'} (name '{spec.name}', seed {spec.seed}, "
+    lines = [f"spec: {display_path(loaded.path) if loaded.path else '<dict>'} (name '{spec.name}', seed {spec.seed}, "
              f"device {resolve_device(spec.device)})"]
     run = Run(loaded, Path(default_run_dir(spec.name)), quiet=True)
     if spec.data is not None:

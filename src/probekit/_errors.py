@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 
@@ -23,7 +24,7 @@ class SpecError(ProbekitError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = ": ".join(p for p in (self.file, self.path) if p)
+        where = ": ".join(p for p in (display_path(self.file) if self.file else None, self.path) if p)
         text = f"{where}: {self.message}" if where else self.message
         if self.fix:
             text += f" {self.fix}" if text.endswith((".", "?", "!")) else f". {self.fix}"
@@ -46,6 +47,21 @@ class PluginError(ProbekitError):
 
 class RunError(ProbekitError):
     """A run cannot continue (exit status 1); the run directory is kept for `--resume`."""
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """`path` as a message shows it: relative to the current directory when it lies under it (as
+    the user probably typed it), else as it is."""
+    text = os.fspath(path)
+    if not os.path.isabs(text):
+        return text
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the current directory was deleted
+        return text
+    if text == cwd:
+        return "."
+    return os.path.relpath(text, cwd) if text.startswith(cwd.rstrip(os.sep) + os.sep) else text
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

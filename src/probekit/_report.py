@@ -6,6 +6,7 @@ import base64
 import html
 import json
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,14 +34,91 @@ def flatten(results: dict[str, Any], prefix: str = "", *, intervals: bool = Fals
     return rows
 
 
+def rounded(value: float, digits: int = 4) -> str:
+    """`value` to `digits` significant digits, without exponent from 1e-4 to 1e6 (float32 noise such
+    as 0.8999999761 and a count's spurious precision such as 0.902344 for 231/256 go)."""
+    import math
+
+    if not math.isfinite(value) or value == 0:
+        return str(value) if not math.isfinite(value) else "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    if not -4 <= magnitude < 6:
+        return f"{value:.{digits}g}"
+    text = f"{value:.{max(digits - 1 - magnitude, 0)}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _at_precision_of(value: float, error: float) -> str:
+    """`value` rounded to the decimal place of `error`'s second significant digit."""
+    import math
+
+    if not math.isfinite(value) or not math.isfinite(error) or error <= 0:
+        return rounded(value)
+    decimals = 1 - math.floor(math.log10(error))
+    return f"{value:.{decimals}f}" if decimals > 0 else f"{round(value, decimals):.0f}"
+
+
 def fmt(value: Any) -> str:
+    """A number as a report shows it: meaningful digits only (see `rounded`); an interval
+    `{mean, std, ci95, n}` as `mean ± ci95 (n=...)` with the mean to the interval's precision."""
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return rounded(value)
     if _is_interval(value):
-        if value["n"] > 1 and value["ci95"] is not None:
-            return f"{value['mean']:.6g} ± {value['ci95']:.2g} (n={value['n']})"
-        return f"{fmt(value['mean'])} (n={value['n']})"
+        mean, ci = value["mean"], value["ci95"]
+        if mean is None:
+            return f"– (n={value['n']})"
+        if value["n"] > 1 and ci is not None:
+            return f"{_at_precision_of(mean, ci)} ± {rounded(ci, 2)} (n={value['n']})"
+        return f"{fmt(mean)} (n={value['n']})"
     return str(value)
+
+
+def sort_key(key: str, layers: Sequence[str] = ()) -> tuple[Any, ...]:
+    """A key for sorting dotted result names naturally: a layer name (which may hold dots, such as
+    `block.2`) by the model's layer order, other parts with their numbers as numbers
+    (`accuracy.2` before `accuracy.11`)."""
+    order = {name: i for i, name in enumerate(layers)}
+    parts = key.split(".")
+    out: list[tuple[Any, ...]] = []
+    i = 0
+    while i < len(parts):
+        for j in range(len(parts), i, -1):  # the longest layer name starting here
+            if ".".join(parts[i:j]) in order:
+                out.append((0, order[".".join(parts[i:j])]))
+                i = j
+                break
+        else:
+            chunks = re.split(r"(\d+)", parts[i])
+            out.append((1, tuple((0, int(c), "") if c.isdigit() else (1, 0, c) for c in chunks if c)))
+            i += 1
+    return tuple(out)
+
+
+def natural_sorted(keys: Iterable[str], layers: Sequence[str] = ()) -> list[str]:
+    """`keys` in natural order (see `sort_key`)."""
+    return sorted(keys, key=lambda k: sort_key(k, layers))
+
+
+def summary_line(results: dict[str, Any], *, limit: int = 300, layers: Sequence[str] = (),
+                 more: str = "") -> str:
+    """The numbers of `results` as one line of `key=value` entries in natural order, at most
+    `limit` characters: entries that do not fit are dropped whole and counted ("and 12 more").
+    `more` says where the rest is (e.g. the report's path)."""
+    flat = dict(flatten(results, intervals=True))
+    entries = [f"{k}={fmt(flat[k])}" for k in natural_sorted(flat, layers)
+               if (isinstance(flat[k], (int, float)) and not isinstance(flat[k], bool)) or _is_interval(flat[k])]
+    shown: list[str] = []
+    for i, entry in enumerate(entries):
+        rest = len(entries) - i - 1
+        tail = f", and {rest} more{more}" if rest else ""
+        if len(", ".join([*shown, entry])) + len(tail) > limit:
+            break
+        shown.append(entry)
+    left = len(entries) - len(shown)
+    return ", ".join(shown) + (f", and {left} more{more}" if left and shown else
+                               f"{left} numbers{more}" if left else "")
 
 
 def write_reports(run: RunContext, results: dict[str, Any]) -> None:
@@ -48,8 +126,31 @@ def write_reports(run: RunContext, results: dict[str, Any]) -> None:
     write_json(run.run_dir / "report.json", {
         "name": run.spec.name, "sections": run.report_sections, "timings": run.timings,
         "device": str(run.device), "warnings": list(getattr(run, "warnings", [])),
-        "tables": dict(getattr(run, "table_keys", {}))})
+        "tables": dict(getattr(run, "table_keys", {})), "layers": layer_order(run)})
     render(run.run_dir)
+
+
+def layer_order(run: RunContext) -> list[str]:
+    """The run model's layer names in the model's order, each followed by its friendly alias; for a
+    run with `seeds:` (no model of its own), the first seed run's."""
+    model = getattr(run, "model", None)
+    if model is None:
+        for meta in sorted(Path(run.run_dir).glob("seeds/*/report.json")):
+            try:
+                return list(json.loads(meta.read_text()).get("layers") or [])
+            except (OSError, ValueError):
+                continue
+        return []
+    names: list[str] = []
+    try:
+        for layer in model.layers():
+            names.append(layer.name)
+            alias = getattr(layer, "meta", {}).get("alias")
+            if alias:
+                names.append(alias)
+    except Exception:  # an adapter that cannot list its layers now: natural order only
+        return []
+    return names
 
 
 def render(run_dir: str | Path) -> tuple[Path, Path]:
@@ -62,7 +163,10 @@ def render(run_dir: str | Path) -> tuple[Path, Path]:
     figures = sorted(p.name for p in (run_dir / "figures").glob("*.png")) if (run_dir / "figures").exists() else []
     sections: list[tuple[str, str]] = [tuple(s) for s in meta.get("sections", [])]  # type: ignore[misc]
     shown_results = {k: v for k, v in results.items() if k not in ("per_seed", "provenance")}
-    flat = flatten(shown_results, intervals=True)
+    layers = meta.get("layers") or []
+    flat = sorted(flatten(shown_results, intervals=True), key=lambda kv: sort_key(kv[0], layers))
+    # a probe that wrote its own sections shows its numbers there, curated: no second, raw table
+    curated = [s for s in sections if s[0] != "Model training"]
 
     md = [f"# probekit run: {name}", ""]
     timings = meta.get("timings", {})
@@ -73,9 +177,12 @@ def render(run_dir: str | Path) -> tuple[Path, Path]:
     warnings = meta.get("warnings", [])
     if warnings:
         md += ["## Warnings", ""] + [f"- **Warning:** {w}" for w in warnings] + [""]
-    md += ["## Results", "", "| result | value |", "|---|---|"]
-    md += [f"| {k} | {fmt(v)} |" for k, v in flat[:200]]
-    md.append("")
+    if not curated:
+        md += ["## Results", "", "| result | value |", "|---|---|"]
+        md += [f"| {k} | {fmt(v)} |" for k, v in flat[:200]]
+        if len(flat) > 200:
+            md.append(f"\n{len(flat) - 200} more numbers in metrics.json.")
+        md.append("")
     shown = set()
     for title, body in sections:
         md += [f"## {title}", "", body, ""]
@@ -94,6 +201,9 @@ def render(run_dir: str | Path) -> tuple[Path, Path]:
                f"| git commit | {commit} |"]
         md += [f"| {name} version | {v} |" for name, v in (prov.get("versions") or {}).items()]
         md.append("")
+    if curated:
+        md += [f"Every number of this run ({len(flat)}) is in `metrics.json`; `probekit compare` puts runs "
+               f"side by side.", ""]
     md += ["## Spec", "", "```yaml", spec_text.rstrip(), "```", ""]
     md_path = run_dir / "report.md"
     write_text(md_path, "\n".join(md))

@@ -195,7 +195,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise SpecError(f"invalid YAML{' at ' + where if where else ''}: {problem}", file=str(path),
                         fix="Fix the YAML syntax (indentation, colons, quotes).") from None
     if data is None:
-        data = {}
+        raise SpecError("the file is empty (it holds no keys)", file=str(path),
+                        fix="Write a spec into it (`probe: {type: ...}` at least), or start from an example: "
+                            "probekit examples copy quickstart.")
     if not isinstance(data, dict):
         raise SpecError(f"a spec must be a mapping of keys, got {type(data).__name__}", file=str(path),
                         fix="Start with `probe: {type: ...}`; see `probekit schema`.")
@@ -254,8 +256,37 @@ def _loc(loc: Iterable[Any]) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def spec_error_from_validation(exc: ValidationError, prefix: str = "", model: Any = None) -> SpecError:
-    """The first error of a pydantic ValidationError, as a SpecError with key path and fix."""
+def _model_at(model: Any, loc: Iterable[Any]) -> Any:
+    """The pydantic model that validates the mapping at key path `loc` below `model` (through
+    nested sections, lists and optional values), or None."""
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):  # a list item: its model is the list's item model, found already
+            continue
+        field = model.model_fields.get(part)
+        model = _inner_model(field.annotation) if field is not None else None
+    return model
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The first pydantic model inside a type (`X`, `X | None`, `list[X]`, `Annotated[X, ...]`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def spec_error_from_validation(exc: ValidationError, prefix: str = "", model: Any = None,
+                               also: Iterable[str] = ()) -> SpecError:
+    """The first error of a pydantic ValidationError, as a SpecError with key path and fix.
+
+    An unknown key gets the valid keys of its mapping (from `model`, through nested sections) and a
+    "did you mean"; `also`: keys valid beside `model`'s at its top level (a section's core keys).
+    """
     # An unknown key is usually the cause of a "missing" one (a typo), so report it first.
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     err = errors[0]
@@ -264,13 +295,14 @@ def spec_error_from_validation(exc: ValidationError, prefix: str = "", model: An
     kind = err["type"]
     more = f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} after this one)" \
         if len(errors) > 1 else ""
-    if kind == "extra_forbidden":
-        valid = sorted(model.model_fields) if model is not None and len(loc) == 1 else []
-        if not valid and model is not None and len(loc) == 2 and loc[0] in model.model_fields:
-            sub = model.model_fields[loc[0]].annotation
-            sub = next((a for a in getattr(sub, "__args__", (sub,)) if hasattr(a, "model_fields")), None)
-            valid = sorted(sub.model_fields) if sub is not None else []
+        parent = _model_at(model, loc[:-1])
+        valid = sorted({*parent.model_fields, *(also if len(loc) == 1 else ())}) if parent is not None else []
         name = str(loc[-1]) if loc else ""
+        fix = "Remove it or check its spelling."
+        if valid:
+            fix += did_you_mean(name, valid) + f" Valid keys: {', '.join(valid)}."
+        elif parent is not None:
+            fix = "Remove it: this section takes no other keys."
         fix = "Remove it or check its spelling."
         if valid:
             fix += did_you_mean(name, valid) + f" Valid keys: {', '.join(valid)}."
@@ -309,7 +341,8 @@ def validate_options(kind: str, section: Any, path: str, *, base_dir: Path, file
     try:
         validated = model.model_validate(options, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise spec_error_from_validation(exc, prefix=path, model=model).with_file(file) from None
+        raise spec_error_from_validation(exc, prefix=path, model=model,
+                                         also=type(section).model_fields).with_file(file) from None
     return validated.model_dump(exclude_unset=False)
 
 
