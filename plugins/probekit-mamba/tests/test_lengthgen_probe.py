@@ -7,11 +7,12 @@ import json
 
 import pytest
 import torch
+from probekit_mamba._lengthgen import BASELINE
 from probekit_mamba._lengthgen_options import LengthGenOptions
 from probekit_mamba._seqmodels import extract_patches
 
 import probekit
-from probekit import SpecError, load_spec
+from probekit import Interval, SpecError, compare, load_spec
 from probekit.testing import execute_run as execute
 from probekit.testing import limit_memory
 from probekit.testing import prepare_run as prepare
@@ -58,7 +59,7 @@ def test_spec_validation_names_the_key():
 
 def test_tiny_run_end_to_end(tmp_path):
     run = prepare(load_spec(tiny_spec(variants=["mamba", "mamba-length-adaptive", "transformer"],
-                                      dt_scaling=True)), tmp_path / "r")
+                                      dt_scaling=True, schedule="cosine", warmup_steps=2)), tmp_path / "r")
     results = execute(run)
     with open(tmp_path / "r" / "results.csv") as f:
         reader = csv.reader(f)
@@ -66,7 +67,7 @@ def test_tiny_run_end_to_end(tmp_path):
         rows = list(reader)
     assert header == ["variant", "length", "mse"]
     assert [(r[0], int(r[1])) for r in rows] == [
-        (v, n) for v in ("mamba", "mamba-length-adaptive", "transformer") for n in (2, 4, 6, 12)]
+        (v, n) for v in ("mamba", "mamba-length-adaptive", "transformer", BASELINE) for n in (2, 4, 6, 12)]
     assert all(0 < float(r[2]) < 1 for r in rows)
     for fig in ("error_vs_length.png", "prefix_reconstructions.png"):
         assert (tmp_path / "r" / "figures" / fig).stat().st_size > 5000
@@ -75,26 +76,70 @@ def test_tiny_run_end_to_end(tmp_path):
     by = {(r[0], int(r[1])): float(r[2]) for r in rows}
     assert metrics["mse_at_longest_train"]["mamba"] == pytest.approx(by["mamba", 6])
     assert metrics["mse_beyond"]["transformer"] == pytest.approx(by["transformer", 12])
-    assert metrics["mse_train_range"]["mamba"] == pytest.approx((by["mamba", 2] + by["mamba", 4]
-                                                                 + by["mamba", 6]) / 3)
-    assert set(metrics["findings"]) == {"mamba_beyond_worse_than_longest_train",
-                                        "adaptive_better_in_train_range"}
+    assert metrics["rise_beyond"]["mamba"] == pytest.approx(by["mamba", 12] - by["mamba", 6])
+    in_range = (by["mamba", 2] + by["mamba", 4] + by["mamba", 6]) / 3
+    assert metrics["mse_train_range"]["mamba"] == pytest.approx(in_range)
+    # the baseline: one number (the queries are the same at every length), in results.csv at every length
+    baseline = metrics["mse_mean_image_baseline"]
+    assert [by[BASELINE, n] for n in (2, 4, 6, 12)] == pytest.approx([baseline] * 4)
+    assert metrics["ratio_to_baseline_train_range"]["mamba"] == pytest.approx(in_range / baseline)
+    # findings compare intervals; with one seed they say so
+    assert set(metrics["findings"]) == {"mamba_rises_beyond", "mamba-length-adaptive_rises_beyond",
+                                        "transformer_rises_beyond", "adaptive_vs_mamba_in_range"}
+    assert all(text.endswith("(one seed: not tested)") for text in metrics["findings"].values())
+    diff = metrics["mse_train_range"]["mamba-length-adaptive"] - metrics["mse_train_range"]["mamba"]
+    assert f"by {abs(diff):.4f}" in metrics["findings"]["adaptive_vs_mamba_in_range"]
     assert set(metrics["prefix_mse_example_image"]["transformer"]) == {"1", "4", "12"}
-    assert results == metrics
+    assert results == {k: v for k, v in metrics.items() if k != "provenance"}
     # the mean-image reference, recomputed from the probe's evaluation sets
     probe = run.probe
     train, test = probe.images(run, "train"), probe.images(run, "test")[:24]
     mean_image = train.mean(0, keepdim=True).expand_as(test)
-    expected = []
-    for length in (2, 4, 6, 12):
+    for length in (2, 12):
         _, qry = probe.eval_set(run, test, length)
-        expected.append(float(((extract_patches(mean_image, qry, 2) - extract_patches(test, qry, 2)) ** 2).mean()))
-    assert metrics["mse_mean_image_baseline"] == pytest.approx(sum(expected) / 4, rel=1e-6)
-    assert metrics["mse_mean_image_baseline"] < float((test ** 2).mean())  # better than predicting zeros
-    assert "Length generalisation" in (tmp_path / "r" / "report.md").read_text()
+        expected = float(((extract_patches(mean_image, qry, 2) - extract_patches(test, qry, 2)) ** 2).mean())
+        assert baseline == pytest.approx(expected, rel=1e-6)
+    assert baseline < float((test ** 2).mean())  # better than predicting zeros
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "Length generalisation" in report and "one seed (0)" in report and f"| {BASELINE} |" in report
+    # these models trained 6 steps: the report warns that they are not clearly better than the baseline
+    assert "not clearly below the mean-training-image baseline" in report
     # each variant trained and checkpointed
     assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == [
         "lengthgen-mamba-length-adaptive.pt", "lengthgen-mamba.pt", "lengthgen-transformer.pt"]
+
+
+def test_seeds_give_intervals_and_findings_that_compare_them(tmp_path):
+    spec = tiny_spec(epochs=1, eval_lengths=[2, 12], prefix_lengths=[4])
+    del spec["seed"]
+    spec["seeds"] = [0, 1]
+    out = tmp_path / "r"
+    probekit.run(spec, out)
+    per_seed = {s: json.loads((out / "seeds" / str(s) / "metrics.json").read_text()) for s in (0, 1)}
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    summary = {(r["variant"], int(r["length"])): r for r in rows if r["seed"] == "all"}
+    assert set(summary) == {(v, n) for v in ("mamba", "transformer", BASELINE) for n in (2, 6, 12)}
+    seed_rows = {(r["seed"], r["variant"], int(r["length"])): float(r["mse"]) for r in rows if r["seed"] != "all"}
+    for key in (("mamba", 12), ("transformer", 6), (BASELINE, 2)):
+        values = [seed_rows[(str(s), *key)] for s in (0, 1)]
+        iv = Interval.of(values)
+        assert float(summary[key]["mse"]) == pytest.approx(iv.mean)
+        assert float(summary[key]["mse_ci95"]) == pytest.approx(iv.ci95)
+        assert summary[key]["n"] == "2"
+    assert [seed_rows[str(s), BASELINE, 2] for s in (0, 1)] == pytest.approx(
+        [per_seed[s]["mse_mean_image_baseline"] for s in (0, 1)])
+    # the findings: the intervals of the two seeds compared, with their effect size
+    report = (out / "report.md").read_text()
+    at12 = Interval.of([seed_rows[str(s), "mamba", 12] for s in (0, 1)])
+    at6 = Interval.of([seed_rows[str(s), "mamba", 6] for s in (0, 1)])
+    expected = compare(at12, at6, a_name="`mamba` at L=12", b_name="at L=6", digits=4).text
+    assert expected in report and "n=2 vs 2" in expected
+    assert "over 2 seeds (0, 1)" in report
+    # figures: the combined curve, and the first seed's prefix reconstructions
+    assert (out / "figures" / "error_vs_length.png").stat().st_size > 5000
+    assert (out / "figures" / "prefix_reconstructions.png").read_bytes() == (
+        out / "seeds" / "0" / "figures" / "prefix_reconstructions.png").read_bytes()
 
 
 def test_training_reduces_the_loss(tmp_path):

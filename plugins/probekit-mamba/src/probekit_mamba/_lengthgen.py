@@ -1,13 +1,16 @@
 """The `length-generalization` probe: image reconstruction from L random patches.
 
 The study's task (experiments.md, section 3): each image becomes a sequence of L patch
-tokens at random positions, a delimiter and Q query tokens; a causal sequence model
-predicts the patches at the query positions (MSE). Models are trained with one L per
-batch drawn from `train_lengths = [a, b]` and evaluated at lengths across and beyond
-that range. The token layout is documented in `probekit_mamba._seqmodels`.
+tokens at random positions, a delimiter and Q query tokens; a sequence model predicts the
+patches at the query positions (MSE). Models are trained with one L per batch drawn from
+`train_lengths = [a, b]` and evaluated at lengths across and beyond that range. The token
+layout and the models are documented in `probekit_mamba._seqmodels`.
 
-Outputs: `results.csv` (`variant,length,mse`), `figures/error_vs_length.png`,
-`figures/prefix_reconstructions.png` and the headline numbers in `metrics.json`.
+Outputs of a run: `results.csv` (`variant,length,mse`, with the mean-training-image baseline as
+the variant `mean-training-image`), `figures/error_vs_length.png`,
+`figures/prefix_reconstructions.png` and the headline numbers in `metrics.json`. With `seeds:`
+the core combines the seed runs and `summarize` draws the curves with their 95 % intervals and
+writes the findings, each a comparison of intervals with its effect size.
 """
 
 from __future__ import annotations
@@ -19,7 +22,17 @@ from typing import Any
 
 import torch
 
-from probekit import Probe, RunContext, RunError, Trainer, epoch_seed
+from probekit import (
+    Finding,
+    Interval,
+    Probe,
+    RunContext,
+    RunError,
+    SeedResults,
+    Trainer,
+    compare,
+    epoch_seed,
+)
 from probekit_mamba._lengthgen_options import LengthGenOptions
 from probekit_mamba._seqmodels import (
     SequenceModel,
@@ -34,6 +47,51 @@ from probekit_mamba._seqmodels import (
 )
 
 TRAIN_TAG = "length-generalization"  # one tag for every variant: they see identical batches
+BASELINE = "mean-training-image"  # the `variant` of the baseline rows of results.csv
+FINAL_LR_FRACTION = 0.05  # the cosine schedule ends at lr / 20
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The learning rate of training step `step` (0-based) of `total`, as a fraction of `lr`: a linear
+    warm-up over `warmup` steps, then constant or a cosine decay to `FINAL_LR_FRACTION` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    t = min(1.0, (step - warmup) / max(1, total - warmup - 1))
+    return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+class StudyAdam(torch.optim.Adam):
+    """Adam with the study's gradient-norm clipping and a per-step learning-rate schedule.
+
+    `step` clips the gradients' total norm to `clip` (None: no clipping), then sets the learning rate
+    of the step from `schedule(steps done)`. The number of steps done is read from Adam's own state,
+    which the `Trainer` checkpoints, so a resumed run continues the schedule where it stopped.
+    """
+
+    def __init__(self, params: Any, *, lr: float, weight_decay: float, clip: float | None,
+                 schedule: Any):
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
+        self.base_lr, self.clip, self.schedule = lr, clip, schedule
+
+    def steps_done(self) -> int:
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "step" in state:
+                    return int(state["step"])
+        return 0
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        if self.clip is not None:
+            params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.clip)
+        factor = self.schedule(self.steps_done())
+        for group in self.param_groups:
+            group["lr"] = self.base_lr * factor
+        return super().step(closure)
 
 
 class LengthGeneralizationProbe(Probe):
@@ -70,14 +128,15 @@ class LengthGeneralizationProbe(Probe):
             self._images[split] = images
         return self._images[split]
 
-    def _build(self, run: RunContext, variant: str, channels: int) -> SequenceModel:
+    def _build(self, run: RunContext, variant: str, channels: int, side: int) -> SequenceModel:
         o = self.options
         # the same initial weights for a variant whatever else the spec asks for
         torch.manual_seed(epoch_seed(run.seed, 0, f"init {variant}"))
         model = build_sequence_model(variant, channels=channels, patch=o.patch_size, d_model=o.d_model,
                                      n_layers=o.n_layers, state_size=o.state_size, expand=o.expand,
                                      use_conv=o.use_conv, dt_scaling=o.dt_scaling,
-                                     heads=o.transformer_heads, backend=o.backend)
+                                     heads=o.transformer_heads, layer_scale=o.transformer_layer_scale,
+                                     side=side, output=o.output, backend=o.backend)
         return model.to(run.device)
 
     def _steps(self, n_images: int, batch_size: int) -> int:
@@ -89,6 +148,7 @@ class LengthGeneralizationProbe(Probe):
         steps: int | str = (self._steps(n, o.batch_size) if isinstance(o.batch_size, int)
                              else o.steps_per_epoch or "training images // the batch size found")
         return {"variants": list(o.variants), "epochs": o.epochs, "steps_per_epoch": steps,
+                "schedule": f"{o.schedule}, warm-up {o.warmup_steps} steps, lr {o.lr}, clip {o.clip_grad}",
                 "train_lengths": list(o.train_lengths), "eval_lengths": o.resolved_eval_lengths(),
                 "prefix_lengths": o.resolved_prefix_lengths()}
 
@@ -130,9 +190,13 @@ class LengthGeneralizationProbe(Probe):
                        sample_positions(len(idx), q, side, p, g))
 
         for variant in o.variants:
-            model = self._build(run, variant, channels)
+            model = self._build(run, variant, channels, side)
             params = [t for t in model.parameters() if t.requires_grad]
-            optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+            total = o.epochs * steps
+            def schedule(i: int, total: int = total) -> float:
+                return lr_factor(i, total, o.warmup_steps, o.schedule)
+
+            optimizer = StudyAdam(params, lr=o.lr, weight_decay=o.weight_decay, clip=o.clip_grad, schedule=schedule)
             safe = variant.replace("/", "_")
 
             def step(batch: Any, model: SequenceModel = model) -> torch.Tensor:
@@ -164,7 +228,7 @@ class LengthGeneralizationProbe(Probe):
         n, channels, side, _ = images.shape
         p, longest, device = o.patch_size, o.train_lengths[1], run.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            models = [self._build(run, variant, channels) for variant in o.variants]
+            models = [self._build(run, variant, channels, side) for variant in o.variants]
 
         def loss(model: SequenceModel) -> Any:
             def on_first(b: int) -> torch.Tensor:  # the step of _fit on the first b images
@@ -197,10 +261,12 @@ class LengthGeneralizationProbe(Probe):
 
         Paired across lengths and variants: every image has one random sequence of context
         positions and one set of queries; length L uses the first L positions. So the MSE at two
-        lengths differs only by the extra patches seen, not by a new random draw.
+        lengths differs only by the extra patches seen, not by a new random draw. The sequences derive
+        from the data's seed (`run.data_seed`), so with `seeds:` every seed's models are scored on the
+        same test sequences and the intervals measure the training's spread, not a new test draw.
         """
         longest = max([*self.options.resolved_eval_lengths(), length])
-        g = torch.Generator().manual_seed(epoch_seed(run.seed, 0, "length-generalization eval"))
+        g = torch.Generator().manual_seed(epoch_seed(run.data_seed, 0, "length-generalization eval"))
         side = images.shape[-1]
         p = self.options.patch_size
         ctx = sample_positions(len(images), longest, side, p, g)
@@ -213,72 +279,113 @@ class LengthGeneralizationProbe(Probe):
         a, b = o.train_lengths
         lengths = o.resolved_eval_lengths()
         mse: dict[str, dict[int, float]] = {v: {} for v in self.models}
-        # reference: predict every query patch by the mean training image there (uses no context)
+        # reference: predict every query patch by the mean training image there (uses no context). The
+        # queries are the same at every length (see eval_set), so this is one number.
         mean_image = self.images(run, "train").mean(0, keepdim=True).expand_as(test)
-        baseline: list[float] = []
-        rows = []
+        _, qry = self.eval_set(run, test, lengths[0])
+        baseline = float(patch_mse(extract_patches(mean_image, qry, o.patch_size),
+                                   extract_patches(test, qry, o.patch_size)))
         for length in run.progress(lengths, desc="length-generalization eval (lengths)"):
             ctx, qry = self.eval_set(run, test, length)
             target = extract_patches(test, qry, o.patch_size)
-            baseline.append(float(patch_mse(extract_patches(mean_image, qry, o.patch_size), target)))
             for variant, model in self.models.items():
                 pred = self.predict(model, test, ctx, qry, run.device, o.eval_batch_size)
                 mse[variant][length] = float(patch_mse(pred, target))
             run.debug("length-generalization eval L=" + str(length) + ": "
                       + ", ".join(f"{v} {mse[v][length]:.5f}" for v in self.models))
-        for variant in self.models:
-            for length in lengths:
-                rows.append({"variant": variant, "length": length, "mse": mse[variant][length]})
-        run.write_csv("results.csv", rows, ["variant", "length", "mse"])
+        rows = [{"variant": v, "length": n, "mse": mse[v][n]} for v in self.models for n in lengths]
+        rows += [{"variant": BASELINE, "length": n, "mse": baseline} for n in lengths]
+        run.write_csv("results.csv", rows, ["variant", "length", "mse"], keys=["variant", "length"])
 
         inside = [n for n in lengths if a <= n <= b]
         beyond = [n for n in lengths if n > b]
+        train_range = {v: _mean([mse[v][n] for n in inside]) for v in mse}
         results: dict[str, Any] = {
             "train_lengths": [a, b],
-            "mse_train_range": {v: _mean([mse[v][n] for n in inside]) for v in mse},
+            "mse_train_range": train_range,
             "mse_beyond": {v: _mean([mse[v][n] for n in beyond]) for v in mse},
             "mse_at_longest_train": {v: mse[v][b] for v in mse},
             "mse_at_longest_eval": {v: mse[v][lengths[-1]] for v in mse},
+            "rise_beyond": {v: mse[v][lengths[-1]] - mse[v][b] for v in mse},
+            "ratio_to_baseline_train_range": {v: _ratio(train_range[v], baseline) for v in mse},
             "params": {v: count_parameters(m) for v, m in self.models.items()},
             "final_train_loss": {v: self.losses[v][-1] for v in self.losses},
-            "mse_mean_image_baseline": _mean(baseline),
+            "mse_mean_image_baseline": baseline,
         }
-        checks: dict[str, bool] = {}
-        if "mamba" in mse and beyond:
-            checks["mamba_beyond_worse_than_longest_train"] = bool(
-                min(mse["mamba"][n] for n in beyond) > mse["mamba"][b])
-        if "mamba" in mse and "mamba-length-adaptive" in mse:
-            checks["adaptive_better_in_train_range"] = bool(
-                results["mse_train_range"]["mamba-length-adaptive"] < results["mse_train_range"]["mamba"])
-        results["findings"] = checks
+        curves = {v: {n: Interval.of([mse[v][n]]) for n in lengths} for v in mse}
+        in_range = {v: Interval.of([x]) for v, x in train_range.items() if x is not None}
+        summary = _Summary(curves, in_range, Interval.of([baseline]), lengths, (a, b), n_seeds=1)
+        findings = summary.findings()
+        results["findings"] = {k: f.text for k, f in findings.items()}
+        for message in summary.baseline_warnings():
+            run.warn(message)
 
-        self._plot_error(run, mse, lengths, results["mse_mean_image_baseline"])
+        self._plot_error(run, summary)
         recon_mse = self._plot_prefixes(run, test)
         results["prefix_mse_example_image"] = recon_mse
-        self._report(run, results, mse, lengths)
+        self._report(run, summary, findings, params=results["params"], seeds=[run.seed])
         return results
 
+    def summarize(self, run: RunContext, results: SeedResults) -> None:
+        """With `seeds:`: the curves with their 95 % intervals over seeds, the findings from them, and
+        the prefix figure of the first seed."""
+        o = self.options
+        table = results.table("results.csv")
+        lengths = sorted({int(r["length"]) for r in table.summary})
+        variants: list[str] = [v for v in o.variants if table.select(variant=v)]
+        curves = {v: {n: table.interval("mse", variant=v, length=n) for n in lengths} for v in variants}
+        in_range = {v: results.interval("mse_train_range", v) for v in variants
+                    if isinstance(results.aggregate.get("mse_train_range", {}).get(v), Interval)}
+        a, b = o.train_lengths
+        summary = _Summary(curves, in_range, results.interval("mse_mean_image_baseline"), lengths, (a, b),
+                           n_seeds=len(results.seeds))
+        findings = summary.findings()
+        for message in summary.baseline_warnings():
+            run.warn(message)
+        self._plot_error(run, summary)
+        first = results.run_dir / "seeds" / str(results.seeds[0]) / "figures" / "prefix_reconstructions.png"
+        if first.exists():
+            from probekit import atomic_open
+
+            with atomic_open(run.path("figures/prefix_reconstructions.png"), "wb") as f:
+                f.write(first.read_bytes())
+        params = results.metrics[results.seeds[0]].get("params", {})
+        self._report(run, summary, findings, params=params, seeds=list(results.seeds))
+
     # -- figures and report ---------------------------------------------------------------------
-    def _plot_error(self, run: RunContext, mse: dict[str, dict[int, float]], lengths: list[int],
-                    baseline: float | None) -> None:
+    def _plot_error(self, run: RunContext, summary: _Summary) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        a, b = self.options.train_lengths
-        fig, ax = plt.subplots(figsize=(6.0, 3.8))
-        ax.axvspan(a, b, color="tab:green", alpha=0.12, label=f"training lengths [{a}, {b}]")
-        for variant in mse:
-            ax.plot(lengths, [mse[variant][n] for n in lengths], "o-", ms=4, label=variant)
-        if baseline is not None:
-            ax.axhline(baseline, color="gray", ls="--", lw=1, label="mean training image (no context)")
+        a, b = summary.train_lengths
+        lengths = summary.lengths
+        fig, ax = plt.subplots(figsize=(7.6, 4.0))
+        ax.axvspan(a, b, color="#e8d9a8", alpha=0.45, lw=0, label=f"training lengths [{a}, {b}]")
+        base = summary.baseline
+        ax.axhline(base.mean, color="gray", ls="--", lw=1.2, label="mean training image (no context)")
+        if base.n > 1:
+            ax.axhspan(base.low, base.high, color="gray", alpha=0.15, lw=0)
+        for variant, curve in summary.curves.items():
+            means = [curve[n].mean for n in lengths]
+            line, = ax.plot(lengths, means, "o-", ms=4, label=variant)
+            if summary.n_seeds > 1:
+                ax.fill_between(lengths, [curve[n].low for n in lengths], [curve[n].high for n in lengths],
+                                color=line.get_color(), alpha=0.2, lw=0)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("context length L (patches seen)")
-        ax.set_ylabel("MSE on query patches")
-        ax.set_title("Reconstruction error vs context length")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        ax.set_xticks(lengths)
+        ax.set_xticklabels([str(n) for n in lengths], fontsize=8)
+        ax.minorticks_off()
+        top = max([base.high] + [curve[n].high for curve in summary.curves.values() for n in lengths])
+        ax.set_ylim(0, top * 1.08)
+        ax.set_xlabel("context length L (patches seen, log scale)")
+        ax.set_ylabel("MSE per pixel on query patches\n(pixel values in [0, 1])")
+        seeds = (f"mean and 95 % interval over {summary.n_seeds} seeds" if summary.n_seeds > 1
+                 else "one seed (no interval)")
+        ax.set_title(f"Reconstruction error vs context length ({seeds})", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         run.save_figure(fig, "error_vs_length.png")
 
     def _plot_prefixes(self, run: RunContext, test: torch.Tensor) -> dict[str, dict[str, float]]:
@@ -293,7 +400,7 @@ class LengthGeneralizationProbe(Probe):
         prefixes = o.resolved_prefix_lengths()
         image = test[:1]
         side = image.shape[-1]
-        g = torch.Generator().manual_seed(epoch_seed(run.seed, 0, "length-generalization prefixes"))
+        g = torch.Generator().manual_seed(epoch_seed(run.data_seed, 0, "length-generalization prefixes"))
         ctx_all = sample_positions(1, max(prefixes), side, p, g)
         grid = grid_positions(side, p)
         # the grid's tiles are queried in chunks of at most Q, as in training
@@ -341,31 +448,91 @@ class LengthGeneralizationProbe(Probe):
         run.save_figure(fig, "prefix_reconstructions.png")
         return recon_mse
 
-    def _report(self, run: RunContext, results: dict[str, Any], mse: dict[str, dict[int, float]],
-                lengths: list[int]) -> None:
-        a, b = self.options.train_lengths
+    def _report(self, run: RunContext, summary: _Summary, findings: dict[str, Finding], *,
+                params: dict[str, Any], seeds: list[int]) -> None:
+        o = self.options
+        a, b = summary.train_lengths
+        lengths = summary.lengths
+        many = summary.n_seeds > 1
+        cell = (lambda iv: f"{iv.mean:.4f} ± {iv.ci95:.4f}") if many else (lambda iv: f"{iv.mean:.4f}")
         head = "| variant | params | " + " | ".join(
-            f"L={n}{'*' if a <= n <= b else ''}" for n in lengths) + " | mean in [a, b] | mean beyond b |"
+            f"L={n}{'*' if a <= n <= b else ''}" for n in lengths) + " | mean in [a, b] | / baseline |"
         lines = [head, "|---" * (len(lengths) + 4) + "|"]
-        for v in mse:
-            lines.append(f"| {v} | {results['params'][v]} | "
-                         + " | ".join(f"{mse[v][n]:.4f}" for n in lengths)
-                         + f" | {results['mse_train_range'][v]:.4f} | {_fmt(results['mse_beyond'][v])} |")
-        findings = results["findings"]
-        lines += ["", f"MSE on query patches; `*` marks training lengths [{a}, {b}]. Predicting the mean "
-                      f"training image (no context): {_fmt(results['mse_mean_image_baseline'])}. Optimiser: "
-                      f"Adam (the study used Lamb, which torch does not ship)."]
+        base = summary.baseline
+        for v, curve in summary.curves.items():
+            iv = summary.in_range.get(v)
+            ratio = f"{iv.mean / base.mean:.2f}" if iv is not None and base.mean else "n/a"
+            lines.append(f"| {v} | {params.get(v, '')} | " + " | ".join(cell(curve[n]) for n in lengths)
+                         + f" | {cell(iv) if iv is not None else 'n/a'} | {ratio} |")
+        lines.append(f"| {BASELINE} | 0 | " + " | ".join(cell(base) for _ in lengths) + f" | {cell(base)} | 1.00 |")
+        seeds_text = (f"mean ± half-width of the 95 % interval over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
+                      if many else f"one seed ({seeds[0]}): no intervals, no finding is tested")
+        clip = f"gradient norm clipped to {o.clip_grad}" if o.clip_grad else "no gradient clipping"
+        sched = (f"{o.schedule} schedule" + (f" after {o.warmup_steps} warm-up steps" if o.warmup_steps else ""))
+        lines += ["", f"MSE per pixel on the query patches (pixels in [0, 1]), {seeds_text}; `*` marks the "
+                      f"training lengths [{a}, {b}]. `{BASELINE}`: predicting every query patch by the mean "
+                      f"training image (no context). Training: Adam lr {o.lr}, {sched}, {clip} (the study used "
+                      f"Lamb, which torch does not ship), {o.epochs} x {o.steps_per_epoch or 'all'} steps of "
+                      f"batch {o.batch_size}; {o.output} output head."]
         if findings:
-            lines += [""] + [f"- {k.replace('_', ' ')}: **{'yes' if v else 'no'}**"
-                             for k, v in findings.items()]
+            lines += ["", "Findings (each compares 95 % intervals over seeds and states the effect size):", ""]
+            lines += [f"- {_FINDING_TITLES.get(k, k)}: {f.text}" for k, f in findings.items()]
         lines += ["", "![error vs length](figures/error_vs_length.png)", "",
-                  "![prefix reconstructions](figures/prefix_reconstructions.png)"]
+                  "![prefix reconstructions](figures/prefix_reconstructions.png)"
+                  + ("" if not many else f" (seed {seeds[0]})")]
         run.add_report("Length generalisation", "\n".join(lines))
+
+
+_FINDING_TITLES = {
+    "mamba_rises_beyond": "plain Mamba beyond its training lengths (longest evaluated vs longest trained)",
+    "mamba-length-adaptive_rises_beyond": "length-adaptive Mamba beyond its training lengths",
+    "transformer_rises_beyond": "transformer beyond its training lengths",
+    "adaptive_vs_mamba_in_range": "length-adaptive vs plain Mamba, mean MSE over the training lengths",
+}
+
+
+class _Summary:
+    """The numbers a report and a figure are made of, for one seed or over seeds: per variant and length
+    an `Interval` of the MSE, per variant the mean over the training lengths, and the baseline."""
+
+    def __init__(self, curves: dict[str, dict[int, Interval]], in_range: dict[str, Interval], baseline: Interval,
+                 lengths: list[int], train_lengths: tuple[int, int], n_seeds: int):
+        self.curves, self.in_range, self.baseline = curves, in_range, baseline
+        self.lengths, self.train_lengths, self.n_seeds = lengths, train_lengths, n_seeds
+
+    def findings(self) -> dict[str, Finding]:
+        """Each variant's error at the longest evaluated length against that at the longest training length;
+        the length-adaptive variant's mean over the training lengths against plain Mamba's."""
+        b, top = self.train_lengths[1], self.lengths[-1]
+        out: dict[str, Finding] = {}
+        if top > b:
+            for v, curve in self.curves.items():
+                key = "mamba_rises_beyond" if v == "mamba" else f"{v}_rises_beyond"
+                out[key] = compare(curve[top], curve[b], a_name=f"`{v}` at L={top}", b_name=f"at L={b}",
+                                   digits=4)
+        if "mamba" in self.in_range and "mamba-length-adaptive" in self.in_range:
+            out["adaptive_vs_mamba_in_range"] = compare(
+                self.in_range["mamba-length-adaptive"], self.in_range["mamba"],
+                a_name="`mamba-length-adaptive`", b_name="`mamba`", digits=4)
+        return out
+
+    def baseline_warnings(self) -> list[str]:
+        """A warning for every variant whose mean over the training lengths is not clearly below the baseline."""
+        from probekit import baseline_warning
+
+        a, b = self.train_lengths
+        out = []
+        for v, iv in self.in_range.items():
+            message = baseline_warning(f"`{v}`: mean MSE over the training lengths [{a}, {b}]", iv, self.baseline,
+                                       higher_is_better=False, baseline_name="the mean-training-image baseline")
+            if message:
+                out.append(message)
+        return out
 
 
 def _mean(values: list[float]) -> float | None:
     return float(sum(values) / len(values)) if values else None
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _ratio(value: float | None, baseline: float) -> float | None:
+    return value / baseline if value is not None and baseline else None

@@ -34,13 +34,23 @@ class LengthGenOptions(Options):
     use_conv: bool = Field(False, description="Keep Mamba's depthwise conv1d (the study removed it).")
     dt_scaling: bool = Field(False, description="mamba-length-adaptive also shifts dt with log(L / 100), "
                                                 "a learned per-channel exponent.")
-    transformer_heads: int = Field(2, ge=1, description="Attention heads of the transformer baseline.")
+    output: Literal["sigmoid", "linear"] = Field(
+        "sigmoid", description="Patch head: sigmoid(Linear(d, C p p)) as in the study, or linear.")
+    transformer_heads: int = Field(8, ge=1, description="Attention heads of the transformer baseline (study: 8).")
+    transformer_layer_scale: float = Field(
+        1e-4, gt=0, description="Initial layer scale of the transformer's residual branches (study: 1e-4).")
     backend: str = Field("auto", description="Mamba scan backend passed to the plugin's model builder.")
     epochs: int = Field(5, ge=1)
     steps_per_epoch: int | None = Field(
         None, ge=1, description="Batches per epoch (default: training images // batch_size).")
     batch_size: BatchSize = Field(64, description=BATCH_SIZE_HELP)
-    lr: float = Field(3e-4, gt=0, description="Adam learning rate (the study used Lamb, not in torch).")
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate (the study: Lamb, 3e-4; torch has no Lamb).")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Learning rate over the training steps after the warm-up: constant (the "
+                                "study's), or a cosine decay from lr to lr / 20 at the last step.")
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear learning-rate warm-up from lr / warmup_steps.")
+    clip_grad: float | None = Field(
+        1.0, gt=0, description="Clip the gradient norm of each step to this (the study: 1.0); null: no clipping.")
     weight_decay: float = Field(0.0, ge=0)
     eval_images: int = Field(256, ge=1, description="Test images evaluated at every length.")
     eval_batch_size: int = Field(128, ge=1)

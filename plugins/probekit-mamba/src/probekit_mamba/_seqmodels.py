@@ -1,28 +1,35 @@
 """Sequence models and the token layout of the length-generalisation probe.
 
-An image becomes one sequence (`d = d_model`):
+Mamba (`mamba`, `mamba-length-adaptive`) reads an image as one causal sequence (`d = d_model`):
 
     [length token]  c_1 ... c_L  <delim>  q_1 ... q_Q
      (adaptive only)   context            queries
 
 * context token `c_i` = `[conv(patch_i) (d - 2 values), x_i, y_i]`: the p x p patch
   at a random position goes through one `Conv2d(C, d - 2, kernel_size=p)` (a learned
-  linear patch embedding), and `(x_i, y_i)` is the patch centre (column, row) mapped to
-  (-1, 1) as `2 * centre / side - 1`. The study used centre / 100 on 128-pixel images
-  (0 to 1.28); centred coordinates train much faster at small scale (the input norms of
-  both models are scale invariant, so an off-centre coordinate pair is a weak signal).
+  linear patch embedding; the study's conv to d values followed by a linear map to d - 2 is
+  the same family of maps), and `(x_i, y_i)` is the patch centre (column, row) mapped to
+  (-1, 1) as `2 * centre / side - 1`. The study used the offset from the image centre in
+  pixels / 100 (-0.64 to 0.64 on 128-pixel images): the same coordinates up to a scale.
 * `<delim>` is one learned vector.
-* query token `q_j` = `[conv(0) (d - 2 values), x_j, y_j]`: an all-zero patch through the
-  same embedding (so its values are the conv's bias) and the centre of the patch to predict.
-  The model's output at each query token goes through a `Linear(d, C * p * p)` head: the
-  predicted patch; the loss is the MSE against the true patch.
+* query token `q_j` = `[query (d - 2 values), x_j, y_j]`: one learned vector (as in the
+  study) and the centre of the patch to predict.
+* the model's output at each query token goes through the study's patch head,
+  `sigmoid(Linear(d, C * p * p))` (`output="linear"` drops the sigmoid): the predicted patch in
+  [0, 1]; the loss is the MSE against the true patch.
 * `mamba-length-adaptive` prepends a length token `Linear(1, d)(L / 100)` (L = number of
-  context patches), and optionally (`dt_scaling`) shifts every Mamba layer's step
-  `dt = softplus(W x + b)` to `softplus(W x + b - gamma * log(L / 100))` with a learned
-  per-channel `gamma` (initialised to 1), i.e. `dt ~ dt_0 * (100 / L) ** gamma` while dt is small.
+  context patches; the study's `FoveatedMamba7`), and optionally (`dt_scaling`) shifts every
+  Mamba layer's step `dt = softplus(W x + b)` to `softplus(W x + b - gamma * log(L / 100))` with a
+  learned per-channel `gamma` (initialised to 1), i.e. `dt ~ dt_0 * (100 / L) ** gamma` while dt
+  is small.
 
-Every model is causal, so the queries only see the context before them; the transformer
-baseline gets positional information only from the coordinates in the tokens.
+The `transformer` baseline is the study's non-causal encoder-decoder
+(`TransformerEncoderDecoder`): the context patches, each `Conv2d(C, d, p)(patch)` plus a
+sin-cos embedding of its position, go through `n_layers // 2` pre-norm encoder blocks (self
+attention over the whole context, no mask); the queries, a learned vector plus the sin-cos
+embedding of their positions, go through `n_layers // 2` decoder blocks (self attention among
+the queries, cross attention to the encoded context, MLP), then the same patch head. It knows
+nothing about the order of the context, only where each patch lies.
 """
 
 from __future__ import annotations
@@ -84,51 +91,34 @@ def paste_patches(patches: torch.Tensor, tops: torch.Tensor, side: int) -> tuple
 
 
 # -- the models -----------------------------------------------------------------------------
+OUTPUTS = ("sigmoid", "linear")
+
+
 class SequenceModel(nn.Module):
-    """Tokeniser + causal backbone + patch head, shared by all variants (see the module docstring)."""
+    """The patch head shared by all variants: `sigmoid(Linear(d, C * p * p))` (the study's), or linear."""
 
     length_token: bool = False
 
-    def __init__(self, channels: int, patch: int, d_model: int):
+    def __init__(self, channels: int, patch: int, d_model: int, output: str = "sigmoid"):
         super().__init__()
         if d_model < 4:
             raise ValueError(f"d_model must be at least 4 (2 coordinates + patch values), got {d_model}")
-        self.channels, self.patch, self.d_model = channels, patch, d_model
-        self.embed = nn.Conv2d(channels, d_model - 2, kernel_size=patch)
-        self.delimiter = nn.Parameter(torch.randn(d_model) * 0.5)
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        self.channels, self.patch, self.d_model, self.output = channels, patch, d_model, output
         self.head = nn.Linear(d_model, channels * patch * patch)
-        if self.length_token:
-            self.length_embed = nn.Linear(1, d_model)
 
-    def tokens(self, patches: torch.Tensor, ctx_xy: torch.Tensor, query_xy: torch.Tensor) -> torch.Tensor:
-        """The input sequence (N, T, d) for context patches (N, L, C, p, p), their centres (N, L, 2)
-        and query centres (N, Q, 2)."""
-        n, length = patches.shape[:2]
-        q = query_xy.shape[1]
-        values = self.embed(patches.reshape(n * length, self.channels, self.patch, self.patch))
-        ctx = torch.cat([values.view(n, length, -1), ctx_xy.to(values.dtype)], -1)
-        delim = self.delimiter.expand(n, 1, self.d_model)
-        # a query is a zero patch through the same embedding: its values are the conv's bias. A constant
-        # there matters: with all-zero values the models' input norms (RMSNorm / LayerNorm are scale
-        # invariant) would keep only the direction of (x, y) and lose where along it the query lies.
-        empty = self.embed(values.new_zeros(1, self.channels, self.patch, self.patch)).view(1, 1, -1)
-        queries = torch.cat([empty.expand(n, q, -1), query_xy.to(values.dtype)], -1)
-        parts = [ctx, delim, queries]
-        if self.length_token:
-            lengths = torch.full((n, 1, 1), length / LENGTH_SCALE, dtype=values.dtype, device=values.device)
-            parts.insert(0, self.length_embed(lengths))
-        return torch.cat(parts, 1)
-
-    def backbone(self, x: torch.Tensor, length: int) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """Patches (N, Q, C, p, p) from the output states (N, Q, d) at the queries."""
+        out = self.head(h)
+        if self.output == "sigmoid":
+            out = torch.sigmoid(out)
+        return out.view(*out.shape[:2], self.channels, self.patch, self.patch)
 
     def forward(self, patches: torch.Tensor, ctx_xy: torch.Tensor, query_xy: torch.Tensor) -> torch.Tensor:
-        """Predicted query patches (N, Q, C, p, p)."""
-        x = self.tokens(patches, ctx_xy, query_xy)
-        h = self.backbone(x, patches.shape[1])
-        q = query_xy.shape[1]
-        out = self.head(h[:, -q:])
-        return out.view(*out.shape[:2], self.channels, self.patch, self.patch)
+        """Predicted query patches (N, Q, C, p, p) for context patches (N, L, C, p, p), their centres
+        (N, L, 2) and the query centres (N, Q, 2)."""
+        raise NotImplementedError  # pragma: no cover - abstract
 
 
 class _DtLengthShift(nn.Module):
@@ -151,7 +141,7 @@ class _DtLengthShift(nn.Module):
 def build_mamba_backbone(d_model: int, n_layers: int, state_size: int, expand: int, *, use_conv: bool,
                          backend: str = "auto") -> nn.Module:
     """A `transformers` `MambaModel` built by the plugin's `probekit_mamba.build_mamba`
-    (its fast chunked CPU scan; `use_conv=False` bypasses conv1d). Its token `embeddings`
+    (its fast CPU scan; `use_conv=False` bypasses conv1d). Its token `embeddings`
     are unused: the sequence is given as `inputs_embeds`."""
     from probekit_mamba._backends import build_mamba
 
@@ -161,15 +151,21 @@ def build_mamba_backbone(d_model: int, n_layers: int, state_size: int, expand: i
 
 
 class MambaSequenceModel(SequenceModel):
-    """`mamba` / `mamba-length-adaptive`: a real `transformers` `MambaModel` backbone."""
+    """`mamba` / `mamba-length-adaptive`: a real `transformers` `MambaModel` backbone over the token
+    sequence of the module docstring."""
 
     def __init__(self, channels: int, patch: int, d_model: int, n_layers: int, *, state_size: int = 8,
                  expand: int = 2, use_conv: bool = False, length_adaptive: bool = False,
-                 dt_scaling: bool = False, backend: str = "auto"):
+                 dt_scaling: bool = False, backend: str = "auto", output: str = "sigmoid"):
         self.length_token = length_adaptive
-        super().__init__(channels, patch, d_model)
+        super().__init__(channels, patch, d_model, output)
         if dt_scaling and not length_adaptive:
             raise ValueError("dt_scaling is part of the mamba-length-adaptive variant")
+        self.embed = nn.Conv2d(channels, d_model - 2, kernel_size=patch)
+        self.delimiter = nn.Parameter(torch.randn(d_model) * 0.02)  # the study's init
+        self.query = nn.Parameter(torch.randn(d_model - 2) * 0.02)
+        if length_adaptive:
+            self.length_embed = nn.Linear(1, d_model)
         self.mamba = build_mamba_backbone(d_model, n_layers, state_size, expand, use_conv=use_conv,
                                           backend=backend)
         self.mamba.embeddings.requires_grad_(False)  # never used: inputs_embeds are given
@@ -184,43 +180,120 @@ class MambaSequenceModel(SequenceModel):
                 parametrize.register_parametrization(dt_proj, "bias", shift)
                 self.dt_shifts.append(shift)
 
+    def tokens(self, patches: torch.Tensor, ctx_xy: torch.Tensor, query_xy: torch.Tensor) -> torch.Tensor:
+        """The input sequence (N, T, d) for context patches (N, L, C, p, p), their centres (N, L, 2)
+        and query centres (N, Q, 2)."""
+        n, length = patches.shape[:2]
+        q = query_xy.shape[1]
+        values = self.embed(patches.reshape(n * length, self.channels, self.patch, self.patch))
+        ctx = torch.cat([values.view(n, length, -1), ctx_xy.to(values.dtype)], -1)
+        delim = self.delimiter.expand(n, 1, self.d_model)
+        queries = torch.cat([self.query.expand(n, q, -1), query_xy.to(values.dtype)], -1)
+        parts = [ctx, delim, queries]
+        if self.length_token:
+            lengths = torch.full((n, 1, 1), length / LENGTH_SCALE, dtype=values.dtype, device=values.device)
+            parts.insert(0, self.length_embed(lengths))
+        return torch.cat(parts, 1)
+
     def backbone(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        """The Mamba's last hidden states for the token sequence `x` of `length` context patches."""
         for shift in self.dt_shifts:
             shift.log_length = math.log(max(length, 1) / LENGTH_SCALE)
         return self.mamba(inputs_embeds=x, use_cache=False).last_hidden_state
 
+    def forward(self, patches: torch.Tensor, ctx_xy: torch.Tensor, query_xy: torch.Tensor) -> torch.Tensor:
+        h = self.backbone(self.tokens(patches, ctx_xy, query_xy), patches.shape[1])
+        return self.decode(h[:, -query_xy.shape[1]:])
+
+
+def sincos_positions(x: torch.Tensor, y: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """The study's 2-d sin-cos position embedding (`get_pos_emb`): `dim // 4` frequencies
+    `1 / temperature ** (k / (dim / 4))` per pixel, `[sin(x w), cos(x w), sin(y w), cos(y w)]`, zero-padded
+    to `dim` when `dim` is not a multiple of 4."""
+    k = torch.arange(dim // 4, dtype=torch.float32, device=x.device)
+    omega = 1.0 / temperature ** (k / (dim / 4))
+    ox, oy = x.float()[..., None] * omega, y.float()[..., None] * omega
+    out = torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], -1)
+    return F.pad(out, (0, dim - out.shape[-1]))
+
+
+class _Block(nn.Module):
+    """The study's pre-norm block: self attention, optional cross attention, MLP (`ff * d` wide, GELU),
+    each branch scaled by a learned per-channel layer scale (initialised to `layer_scale`)."""
+
+    def __init__(self, d: int, heads: int, ff: int, layer_scale: float, cross: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d, eps=1e-6)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.scale1 = nn.Parameter(layer_scale * torch.ones(d))
+        self.cross = cross
+        if cross:
+            self.norm2 = nn.LayerNorm(d)
+            self.cross_attn = nn.MultiheadAttention(d, heads, batch_first=True)
+            self.scale2 = nn.Parameter(layer_scale * torch.ones(d))
+        self.norm3 = nn.LayerNorm(d, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(d, ff * d), nn.GELU(), nn.Linear(ff * d, d))
+        self.scale3 = nn.Parameter(layer_scale * torch.ones(d))
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.scale1 * self.attn(h, h, h, need_weights=False)[0]
+        if self.cross:
+            h = self.norm2(x)
+            x = x + self.scale2 * self.cross_attn(h, memory, memory, need_weights=False)[0]
+        return x + self.scale3 * self.mlp(self.norm3(x))
+
 
 class TransformerSequenceModel(SequenceModel):
-    """`transformer`: pre-norm causal `nn.TransformerEncoder`, no positional encoding
-    beyond the coordinates in the tokens; feed-forward width `2 * d_model` so that its size
-    is close to the Mamba model's."""
+    """`transformer`: the study's non-causal encoder-decoder with sin-cos positions (module docstring).
 
-    def __init__(self, channels: int, patch: int, d_model: int, n_layers: int, *, heads: int = 2):
-        super().__init__(channels, patch, d_model)
+    Positions are the patch centres' offsets from the image centre in pixels (`xy * side / 2`), as in
+    the study. `n_layers` counts encoder plus decoder blocks (at least one of each).
+    """
+
+    def __init__(self, channels: int, patch: int, d_model: int, n_layers: int, *, side: int = 32,
+                 heads: int = 8, ff: int = 4, layer_scale: float = 1e-4, output: str = "sigmoid"):
+        super().__init__(channels, patch, d_model, output)
         if d_model % heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by transformer_heads ({heads})")
-        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=0.0,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, n_layers, norm=nn.LayerNorm(d_model),
-                                             enable_nested_tensor=False)
+        self.side = side
+        self.embed = nn.Conv2d(channels, d_model, kernel_size=patch)
+        self.query = nn.Parameter(torch.randn(d_model) * 0.02)
+        half = max(1, n_layers // 2)
+        self.encoder = nn.ModuleList([_Block(d_model, heads, ff, layer_scale) for _ in range(half)])
+        self.decoder = nn.ModuleList([_Block(d_model, heads, ff, layer_scale, cross=True)
+                                      for _ in range(max(1, n_layers - half))])
 
-    def backbone(self, x: torch.Tensor, length: int) -> torch.Tensor:
-        t = x.shape[1]
-        mask = torch.triu(torch.full((t, t), float("-inf"), device=x.device), diagonal=1)
-        return self.encoder(x, mask=mask, is_causal=True)
+    def _positions(self, xy: torch.Tensor) -> torch.Tensor:
+        pixels = xy.float() * (self.side / 2)
+        return sincos_positions(pixels[..., 0], pixels[..., 1], self.d_model)
+
+    def forward(self, patches: torch.Tensor, ctx_xy: torch.Tensor, query_xy: torch.Tensor) -> torch.Tensor:
+        n, length = patches.shape[:2]
+        q = query_xy.shape[1]
+        values = self.embed(patches.reshape(n * length, self.channels, self.patch, self.patch)).view(n, length, -1)
+        memory = values + self._positions(ctx_xy).to(values.dtype)
+        for block in self.encoder:
+            memory = block(memory)
+        x = self.query.expand(n, q, -1) + self._positions(query_xy).to(values.dtype)
+        for block in self.decoder:
+            x = block(x, memory)
+        return self.decode(x)
 
 
 def build_sequence_model(variant: str, *, channels: int, patch: int, d_model: int, n_layers: int,
                          state_size: int = 8, expand: int = 2, use_conv: bool = False,
-                         dt_scaling: bool = False, heads: int = 2, backend: str = "auto") -> SequenceModel:
-    """One of `VARIANTS`."""
+                         dt_scaling: bool = False, heads: int = 8, layer_scale: float = 1e-4, side: int = 32,
+                         output: str = "sigmoid", backend: str = "auto") -> SequenceModel:
+    """One of `VARIANTS` (`side`: the image side in pixels, for the transformer's positions)."""
     if variant == "transformer":
-        return TransformerSequenceModel(channels, patch, d_model, n_layers, heads=heads)
+        return TransformerSequenceModel(channels, patch, d_model, n_layers, side=side, heads=heads,
+                                        layer_scale=layer_scale, output=output)
     if variant in ("mamba", "mamba-length-adaptive"):
         adaptive = variant == "mamba-length-adaptive"
         return MambaSequenceModel(channels, patch, d_model, n_layers, state_size=state_size, expand=expand,
                                   use_conv=use_conv, length_adaptive=adaptive,
-                                  dt_scaling=dt_scaling and adaptive, backend=backend)
+                                  dt_scaling=dt_scaling and adaptive, backend=backend, output=output)
     raise ValueError(f"unknown variant '{variant}'; choose from {', '.join(VARIANTS)}")
 
 
