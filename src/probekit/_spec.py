@@ -295,6 +295,7 @@ def spec_error_from_validation(exc: ValidationError, prefix: str = "", model: An
     kind = err["type"]
     more = f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} after this one)" \
         if len(errors) > 1 else ""
+    if kind == "extra_forbidden":
         parent = _model_at(model, loc[:-1])
         valid = sorted({*parent.model_fields, *(also if len(loc) == 1 else ())}) if parent is not None else []
         name = str(loc[-1]) if loc else ""
@@ -303,9 +304,6 @@ def spec_error_from_validation(exc: ValidationError, prefix: str = "", model: An
             fix += did_you_mean(name, valid) + f" Valid keys: {', '.join(valid)}."
         elif parent is not None:
             fix = "Remove it: this section takes no other keys."
-        fix = "Remove it or check its spelling."
-        if valid:
-            fix += did_you_mean(name, valid) + f" Valid keys: {', '.join(valid)}."
         return SpecError(f"unknown key '{name}'{more}", path=path, fix=fix)
     if kind == "missing":
         return SpecError(f"required key is missing{more}", path=path, fix="Add it to the spec.")
