@@ -234,6 +234,7 @@ def test_attach_frozen_layer(tmp_path: Path) -> None:
         ("fc-small", "1.0"),
         ("cnn-small", "0.0"),
         ("cnn-small", "1.0"),
+        ("trivial", ""),  # the trivial baselines are always there, even with `baselines: []`
     ]
     # the states fed to the encoder are the adapter's, read back from the feature cache
     images = torch.stack([run.data.test[i][0] for i in range(3)])

@@ -61,6 +61,7 @@ class Curve:
     lambdas: list[float]
     measures: dict[str, list[Interval]]
     peaks: dict[str, Interval]
+    seed_peaks: list[dict[str, float]] = field(default_factory=list)  # `peaks` of each seed, in seed order
 
     def at(self, measure: str, lam: float) -> Interval:
         """The interval of `measure` at `lam`."""
@@ -111,11 +112,13 @@ class Curves:
                     for lam in lambdas]
                 for m in MEASURES
             }
-            per_seed = [peaks(rs) for rs in by_seed.values() if len(rs) == len(lambdas)]
+            per_seed = [peaks(by_seed[s]) for s in sorted(by_seed) if len(by_seed[s]) == len(lambdas)]
             curves[(family, latent)] = Curve(family, latent, lambdas, measures,
-                                             {k: Interval.of(p[k] for p in per_seed) for k in PEAK_KEYS})
-        return cls(seeds, curves, {k: {m: Interval.of(v) for m, v in d.items()} for k, d in base.items()},
-                   {m: Interval.of(v) for m, v in trivial.items()})
+                                             {k: Interval.of(p[k] for p in per_seed) for k in PEAK_KEYS}, per_seed)
+        families = list(dict.fromkeys(f for f, _ in points))  # the spec's order; latent sizes ascending
+        curves = {k: curves[k] for k in sorted(curves, key=lambda k: (families.index(k[0]), k[1]))}
+        baselines = {k: {m: Interval.of(v) for m, v in base[k].items()} for k in sorted(base)}
+        return cls(seeds, curves, baselines, {m: Interval.of(v) for m, v in trivial.items()})
 
     def families(self) -> list[str]:
         return list(dict.fromkeys(f for f, _ in self.curves))
@@ -191,6 +194,7 @@ def summary(c: Curves, *, intervals: bool) -> dict[str, Any]:
         entry["peaks"] = {k: num(iv) for k, iv in cv.peaks.items()}
         if intervals:
             entry["mean_curve_peak_lambda"] = cv.mean_peak
+            entry["best_lambda_per_seed"] = [p["best_lambda"] for p in cv.seed_peaks]
         curves.setdefault(family, {})[f"L{L}"] = entry
     return {
         "points": sum(len(cv.lambdas) for cv in c.curves.values()),
@@ -285,18 +289,22 @@ def figures(run: RunContext, c: Curves, title: str) -> None:
     ax.legend(fontsize=7.5, loc="lower left")
     run.save_figure(fig, "pareto.png")
 
-    # every measure against λ
+    # every measure against λ, the λ of the sweep equally spaced (0.9, 0.99 and 1 would crowd otherwise)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.3))
     keys = ("accuracy", "test_mse", "test_ce")
+    all_lambdas = sorted({lam for cv in c.curves.values() for lam in cv.lambdas})
+    pos = {lam: i for i, lam in enumerate(all_lambdas)}
     for (family, L), cv in c.curves.items():
         i = fam_index[family]
+        xs = [pos[lam] for lam in cv.lambdas]
         for ax, key in zip(axes, keys):
             ivs = cv.measures[key]
-            ax.errorbar(cv.lambdas, [iv.mean for iv in ivs], yerr=_err(ivs), color=colors[L],
+            ax.errorbar(xs, [iv.mean for iv in ivs], yerr=_err(ivs), color=colors[L],
                         marker=MARKERS[i % len(MARKERS)], ls=STYLES[i % len(STYLES)], ms=4, capsize=2.5,
                         lw=1.3, label=label(family, L))
         peak = cv.mean_peak
-        axes[0].plot([peak], [cv.at("accuracy", peak).mean], marker="o", ms=12, mfc="none", mec=colors[L], mew=1.5)
+        axes[0].plot([pos[peak]], [cv.at("accuracy", peak).mean], marker="o", ms=12, mfc="none", mec=colors[L],
+                     mew=1.5)
     for (kind, L), d in c.baselines.items():
         if kind == "pca":
             for ax, key in zip(axes, keys):
@@ -306,7 +314,8 @@ def figures(run: RunContext, c: Curves, title: str) -> None:
             ax.axhline(c.trivial[key].mean, color="grey", lw=0.9, ls="--")
     ylabels = ("test accuracy (fraction correct)", "test MSE (pixels in [−1, 1])", "test cross-entropy (nats)")
     for ax, ylabel in zip(axes, ylabels):
-        ax.set_xlabel("λ (weight of the reconstruction loss)")
+        ax.set_xticks(range(len(all_lambdas)), [f"{lam:g}" for lam in all_lambdas])
+        ax.set_xlabel("λ, the reconstruction weight (equally spaced)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylim(0, 1.02)
@@ -336,7 +345,7 @@ def figures(run: RunContext, c: Curves, title: str) -> None:
         ax.set_xticks(sorted({L for _, L in c.curves}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("latent size L (log scale)")
-        ax.set_ylabel(f"accuracy lost from the best λ to λ={hi:g}")
+        ax.set_ylabel(f"accuracy lost from the best λ to λ={hi:g}\n(fraction of test images)")
         ax.set_ylim(bottom=0)
         ax.set_title(f"Accuracy drop vs latent size: {title}\n{_subtitle(c)}", fontsize=9.5)
         ax.grid(alpha=0.3)
@@ -421,11 +430,11 @@ def report_section(c: Curves, found: dict[str, Any], *, has_reconstructions: boo
         lo, hi = cv.lambdas[0], cv.lambdas[-1]
         lines.append(
             f"- {family}, L={L}: accuracy {fmt(cv.at('accuracy', lo))} at λ={lo:g}, highest at λ={cv.mean_peak:g} "
-            f"({fmt(cv.at('accuracy', cv.mean_peak))}; best λ per seed {fmt(p['best_lambda'], 2)}), "
+            f"({fmt(cv.at('accuracy', cv.mean_peak))}; best λ per seed: {_lams(cv, 'best_lambda')}), "
             f"{fmt(cv.at('accuracy', hi))} at λ={hi:g}: a rise of {fmt(p['rise_to_best'])} from λ={lo:g} to "
             f"the best λ and a drop of {fmt(p['drop_from_best'])} from it to λ={hi:g}. Test MSE falls from "
             f"{fmt(cv.at('test_mse', lo))} (λ={lo:g}) to {fmt(cv.at('test_mse', hi))} (λ={hi:g}), lowest at "
-            f"λ={fmt(p['lowest_mse_lambda'], 2)}."
+            f"λ={_lams(cv, 'lowest_mse_lambda')}."
         )
     lines += ["", "**Findings** (95 % intervals compared; `probekit.compare`):", ""]
     for family, fam in found.items():
@@ -449,6 +458,11 @@ def report_section(c: Curves, found: dict[str, Any], *, has_reconstructions: boo
     if has_reconstructions:
         lines += ["", "![reconstructions](figures/reconstructions.png)"]
     return "\n".join(lines)
+
+
+def _lams(cv: Curve, key: str) -> str:
+    """One λ per seed, e.g. `0.75, 0.5, 0.75`."""
+    return ", ".join(f"{p[key]:g}" for p in cv.seed_peaks)
 
 
 def _verdict(g: dict[str, Any]) -> str:
