@@ -32,8 +32,9 @@ import torch
 log = logging.getLogger("probekit_mamba")
 
 _SOURCE = "_scan_kernel.cpp"
-_FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second when the compiler has no -march=native
-_COMMON = ["-std=c++17", "-fopenmp-simd", "-fPIC", "-shared", "-pthread"]
+# tried in turn: a compiler without -march=native (or without OpenMP's simd pragmas) gets the next
+_FLAG_SETS = (["-O3", "-march=native", "-fopenmp-simd"], ["-O3", "-fopenmp-simd"], ["-O3"])
+_COMMON = ["-std=c++17", "-fPIC", "-shared", "-pthread"]
 
 __all__ = ["available", "disable_reason", "mamba1_scan", "mamba2_scan"]
 
