@@ -13,7 +13,7 @@ import probekit
 @pytest.mark.parametrize("umask", [0o022, 0o002])
 def test_run_files_follow_the_umask(tmp_path, monkeypatch, digits_spec, umask):
     monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path / "cache"))
-    spec = digits_spec(solver="sgd", epochs=1)
+    spec = digits_spec()
     spec["model"]["train"]["epochs"] = 1
     spec["data"].update(limit=256, test_limit=128)
     old = os.umask(umask)

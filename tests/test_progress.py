@@ -42,7 +42,7 @@ INTERVAL = 1.0
 
 
 def _run(tmp_path, digits_spec, *extra):
-    spec = digits_spec(solver="sgd", epochs=1)
+    spec = digits_spec()
     spec["model"].pop("train")
     spec["data"].update(limit=256, test_limit=128)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -102,7 +102,7 @@ def test_quiet_writes_no_progress(tmp_path, digits_spec, monkeypatch, capfd):
     monkeypatch.setattr(_linear.LinearProbe, "evaluate", slow_evaluate)
     monkeypatch.setenv("PROBEKIT_PROGRESS_INTERVAL", "0.2")
     monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path / "cache"))
-    spec = digits_spec(solver="sgd", epochs=1)
+    spec = digits_spec()
     spec["model"].pop("train")
     spec["data"].update(limit=256, test_limit=128)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
