@@ -52,7 +52,7 @@ class CachedArray:
 
     def __init__(self, folder: Path, *, verify: bool = True):
         self.folder = Path(folder)
-        manifest = json.loads((self.folder / "manifest.json").read_text())
+        manifest = read_manifest(self.folder / "manifest.json")
         self.shape: tuple[int, ...] = tuple(manifest["shape"])
         self.dtype = np.dtype(_DTYPES[manifest["dtype"]])
         self.rows_per_shard: int = manifest["rows_per_shard"]
@@ -132,6 +132,28 @@ class CorruptCacheError(RuntimeError):
     """A cache entry is damaged (it is deleted and rebuilt by `FeatureCache.get`)."""
 
 
+def _manifest_checksum(manifest: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
+    """Write a manifest with the SHA-256 of its own content (key `checksum`), atomically."""
+    write_json(path, {**manifest, "checksum": _manifest_checksum(manifest)})
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A manifest written by `write_manifest`; a damaged one, or one without a checksum, raises
+    `CorruptCacheError`."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptCacheError(f"cache manifest {path} cannot be read ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict) or manifest.get("checksum") != _manifest_checksum(manifest):
+        raise CorruptCacheError(f"cache manifest {path} does not match its checksum")
+    return manifest
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -195,7 +217,7 @@ class _Writer:
 
     def finish(self, extra: Mapping[str, Any], name: str = "manifest.json") -> None:
         self._close_shard()
-        write_json(self.folder / name, {
+        write_manifest(self.folder / name, {
             "shape": list(self.shape or ()), "dtype": self.dtype_name, "rows_per_shard": self.rows_per_shard,
             "length": self.length, "shards": self.shards, **extra})
 
@@ -203,9 +225,14 @@ class _Writer:
 class FeatureCache:
     """A folder of cached layers, shared safely by concurrent runs."""
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, *, log: Callable[[str], None] | None = None):
+        """A cache in `root` (default: the `features` folder of `default_cache_dir()`); `log` receives
+        a line for every damaged entry that is rebuilt (default: the `probekit` logger)."""
+        import logging
+
         self.root = Path(root) if root is not None else default_cache_dir() / "features"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.log = log or logging.getLogger("probekit").warning
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -244,6 +271,7 @@ class FeatureCache:
         for lock in locks:
             lock.acquire()
         try:
+            self._remove_stale([keys[n] for n in missing])
             still = [n for n in missing if not self.has(keys[n])]
             if still:
                 self._write({n: keys[n] for n in still}, compute, dtype, info or {})
@@ -254,12 +282,21 @@ class FeatureCache:
                 lock.release()
         return result
 
+    def _remove_stale(self, keys: Sequence[str]) -> None:
+        """Delete the temporary folders of `keys` left by killed processes (their locks are held by
+        this process now, so no live writer owns them)."""
+        for key in keys:
+            for tmp in [*self.root.glob(f".{key}.*.tmp"), *self.root.glob(f".{key}.*.parts")]:
+                if tmp.is_dir() and not tmp.is_symlink():
+                    shutil.rmtree(tmp, ignore_errors=True)
+
     def _open_or_drop(self, key: str) -> CachedArray | None:
         """The entry, or None when it is missing or damaged (a damaged one is deleted)."""
         try:
             if self.has(key):
                 return self.open(key)
-        except (CorruptCacheError, json.JSONDecodeError, KeyError, OSError):
+        except (CorruptCacheError, json.JSONDecodeError, KeyError, OSError) as exc:
+            self.log(f"feature cache: entry {self.path(key)} is damaged ({exc}); computing it again")
             shutil.rmtree(self.path(key), ignore_errors=True)
         return None
 
@@ -280,8 +317,9 @@ class FeatureCache:
             locks = [FileLock(str(self.root / f"{keys[n]}.lock")) for n in sorted(missing, key=lambda n: keys[n])]
             for lock in locks:
                 lock.acquire()
+            self._remove_stale([keys[n] for n in missing])
             still = [n for n in missing if not self.has(keys[n])]
-            plan = (still, f".{uuid.uuid4().hex[:12]}.parts" if still else "")
+            plan = (still, f".{keys[still[0]]}.{uuid.uuid4().hex[:12]}.parts" if still else "")
         try:
             still, tmp_name = distributed.broadcast(plan)
             if still:
@@ -332,18 +370,19 @@ class FeatureCache:
 
     def _join_parts(self, folder: Path, parts: int, extra: Mapping[str, Any], final: Path) -> None:
         """One manifest over the parts' shards, in rank order; then the entry is renamed into place."""
-        manifests = [json.loads((folder / f"part-{r:04d}.json").read_text()) for r in range(parts)]
+        manifests = [read_manifest(folder / f"part-{r:04d}.json") for r in range(parts)]
         written = [m for m in manifests if m["length"]]
         shapes = {tuple(m["shape"]) for m in written}
         if len(shapes) > 1:
             raise ValueError(f"ranks computed rows of different shapes for one cache entry: {sorted(shapes)}")
         first = written[0] if written else manifests[0]
-        write_json(folder / "manifest.json", {
+        write_manifest(folder / "manifest.json", {
             "shape": first["shape"], "dtype": first["dtype"], "rows_per_shard": first["rows_per_shard"],
             "length": sum(m["length"] for m in manifests), "shards": [s for m in written for s in m["shards"]],
             **extra})
-        if final.exists():  # written by another process meanwhile
+        if _complete(final):  # written by another process meanwhile
             return
+        _remove(final)
         os.replace(folder, final)
 
     def _write(self, keys: Mapping[str, str], compute: Callable[[Sequence[str]], Iterator[Mapping[str, Any]]],
@@ -359,13 +398,27 @@ class FeatureCache:
             for n, key in keys.items():
                 writers[n].finish({"key": key, "layer": n, **info})
                 final = self.path(key)
-                if final.exists():  # written by another process meanwhile
+                if _complete(final):  # written by another process meanwhile
                     shutil.rmtree(tmp[n])
                 else:
+                    _remove(final)  # an incomplete entry, or a file where the entry belongs
                     os.replace(tmp[n], final)
         finally:
             for folder in tmp.values():
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def _complete(entry: Path) -> bool:
+    """Whether `entry` is a cache entry folder with its manifest."""
+    return entry.is_dir() and not entry.is_symlink() and (entry / "manifest.json").is_file()
+
+
+def _remove(entry: Path) -> None:
+    """Remove whatever is where a cache entry belongs (an incomplete folder, a file, a link)."""
+    if entry.is_symlink() or entry.is_file():
+        entry.unlink()
+    elif entry.is_dir():
+        shutil.rmtree(entry)
 
 
 def _append(writers: Mapping[str, _Writer], batch: Mapping[str, Any]) -> None:

@@ -19,6 +19,8 @@ from typing import IO, Any
 
 import torch
 
+from probekit._errors import RunError
+
 _read_only_roots: list[Path] = []
 _writable_roots: list[Path] = []
 
@@ -163,8 +165,9 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
         raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({exc}); delete it to recompute") from exc
 
 
-class CorruptCheckpointError(RuntimeError):
-    """A checkpoint file exists but cannot be read."""
+class CorruptCheckpointError(RunError):
+    """A checkpoint file exists but is damaged or cannot be read (a `RunError`: exit 1 naming the file
+    when the code that reads it does not recompute it)."""
 
 
 def load_state_dict(path: str | os.PathLike[str], *, spec_path: str = "model.weights") -> dict[str, torch.Tensor]:

@@ -116,9 +116,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `probekit schema | head`: the reader has gone; stop quietly, as cat does
         _discard_stdout()
         return 128 + 13  # as if killed by SIGPIPE
+    except OSError as exc:
+        if not _environmental(exc):
+            _print_bug(exc, debug=args.debug)
+        return EXIT_FAILED
     except Exception as exc:  # not a SpecError or RunError: a bug in probekit or a plugin
         _print_bug(exc, debug=args.debug)
         return EXIT_FAILED
+
+
+def _environmental(exc: BaseException) -> bool:
+    """Print an error of the machine, not of probekit or the spec (a read-only folder, a refused write,
+    a full disk), without a traceback; return whether it was one."""
+    import errno
+
+    from probekit._files import UnsafeWriteError
+
+    if isinstance(exc, UnsafeWriteError):
+        print(f"error: {exc.strerror}", file=sys.stderr)
+        return True
+    if not isinstance(exc, OSError) or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+                                                         errno.EDQUOT, errno.EFBIG, errno.ELOOP, errno.EIO):
+        return False
+    where = f" {exc.filename}" if exc.filename else ""
+    print(f"error: cannot write{where}: {exc.strerror}. Check that the folder is writable (run directory, "
+          f"cache: $PROBEKIT_CACHE or ~/.cache/probekit) and has free space.", file=sys.stderr)
+    return True
+
+
+def _next_steps(args: argparse.Namespace, run_dir: Path) -> str:
+    """The commands that continue a stopped run: the same spec resumes, a changed one starts again."""
+    import shlex
+
+    from probekit._errors import display_path
+
+    base = ["probekit", "run", args.spec, "-o", display_path(run_dir)]
+    for item in args.overrides:
+        base += ["--set", item]
+    same = shlex.join([*base, "--resume"])
+    again = shlex.join([*base, "--overwrite"])
+    return (f"its directory {display_path(run_dir)} is kept. If the cause is outside the spec (files, disk, "
+            f"machine), fix it and continue with:\n  {same}\nIf you change the spec or its --set options, --resume "
+            f"refuses it: start again with:\n  {again}\n(or give a new -o RUN_DIR)")
 
 
 def _discard_stdout() -> None:
@@ -222,7 +261,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(dry_run(loaded))
         return EXIT_OK
     from probekit import _runner as runner
-    from probekit._errors import ProbekitError
+    from probekit._errors import ProbekitError, display_path
 
     prepared = runner.prepare(loaded, Path(args.output) if args.output else None, resume=args.resume,
                               overwrite=args.overwrite, quiet=args.quiet)
@@ -237,21 +276,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from probekit._errors import SpecError
 
         _print_error(exc)
-        print(f"the run stopped; its directory {prepared.run_dir} is kept: fix the cause and run again with "
-              f"--resume", file=sys.stderr)
+        print(f"the run stopped; {_next_steps(args, prepared.run_dir)}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, SpecError) else EXIT_FAILED
     except Exception as exc:
         import errno
+        import shlex
 
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            again = shlex.join(["probekit", "run", args.spec, "-o", display_path(prepared.run_dir),
+                                *[a for item in args.overrides for a in ("--set", item)], "--resume"])
             print(f"error: the disk is full ({exc.strerror}: {exc.filename or 'a file of the run'}); nothing "
-                  f"written so far is damaged. Free space, then continue with: probekit run {args.spec} -o "
-                  f"{prepared.run_dir} --resume", file=sys.stderr)
+                  f"written so far is damaged. Free space, then continue with: {again}", file=sys.stderr)
+            return EXIT_FAILED
+        if _environmental(exc):
+            print(f"the run stopped; {_next_steps(args, prepared.run_dir)}", file=sys.stderr)
             return EXIT_FAILED
         _print_bug(exc, debug=args.debug)
-        print(f"the run failed; see {prepared.run_dir / 'log.txt'}", file=sys.stderr)
+        print(f"the run failed; see {display_path(prepared.run_dir / 'log.txt')}", file=sys.stderr)
         return EXIT_FAILED
-    from probekit._errors import display_path
     from probekit._report import layer_order, summary_line
 
     if os.environ.get("RANK", "0") != "0":  # only rank 0 reports (the process group is gone by now)
@@ -272,7 +314,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         version = f" {info.version}" if info.version else ""
         print(f"{info.name}{version}" + ("  (built in)" if info.builtin else ""))
         if info.error:
-            print(f"  failed to load: {info.error}")
+            print(f"  broken: {info.error}")
             continue
         print(f"  hooks: {', '.join(info.hooks)}")
         for kind, names in info.provides.items():
@@ -356,7 +398,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from probekit._errors import SpecError
+    from probekit._errors import SpecError, display_path
     from probekit._report import render
 
     run_dir = Path(args.run_dir)
@@ -364,7 +406,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise SpecError(f"{run_dir} has no metrics.json", path="RUN_DIR",
                         fix="Give the directory of a finished run (or finish it with probekit run --resume).")
     md, html_path = render(run_dir)
-    print(f"wrote {md} and {html_path}")
+    print(f"wrote {display_path(md)} and {display_path(html_path)}")
     return EXIT_OK
 
 

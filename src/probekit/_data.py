@@ -58,6 +58,10 @@ def luminance(images: torch.Tensor) -> torch.Tensor:
     return 0.299 * images[:, 0:1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3]
 
 
+#: The fewest examples a run trains on (one cannot standardise or fit a classifier to one) and tests on.
+MIN_TRAIN, MIN_TEST = 2, 1
+
+
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A deterministic shuffled train/test split of `range(n)`."""
     g = torch.Generator().manual_seed(seed)
@@ -80,4 +84,12 @@ def build_data(run: RunContext, section: Any = None, options: Mapping[str, Any] 
         train = Subset(train, range(section.limit))
     if section.test_limit is not None and len(test) > section.test_limit:
         test = Subset(test, range(section.test_limit))
+    where = "model.train.data" if section is not run.spec.data else "data"
+    for split, part, least in (("training", train, MIN_TRAIN), ("test", test, MIN_TEST)):
+        if len(part) < least:
+            from probekit._errors import SpecError
+
+            raise SpecError(f"the data has {len(part)} {split} example{'s' * (len(part) != 1)}; at least {least} "
+                            f"are needed", path=where,
+                            fix="Give more images, or change test_fraction / limit / test_limit.")
     return DataBundle(train, test, bundle.info)

@@ -29,6 +29,12 @@ def load_config(name: str, *, model_type: str, fix: str, trust_remote_code: bool
     except OSError as exc:
         raise SpecError(f"cannot load the Hugging Face config of '{name}' ({type(exc).__name__})",
                         path="model.name", fix=fix) from None
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise SpecError(f"'{name}' comes with its own Python code, which probekit does not run unless the spec "
+                        f"allows it", path="model.trust_remote_code",
+                        fix="Read that code; if you trust it, set `trust_remote_code: true` under `model:`.") from None
     if config.model_type != model_type:
         raise SpecError(f"'{name}' is a '{config.model_type}' model, not '{model_type}'", path="model.name",
                         fix=f"Give a {model_type} checkpoint.")

@@ -101,6 +101,8 @@ class PluginManager:
         self._failed: list[PluginInfo] = []
         self._dist: dict[str, tuple[str, str | None]] = {}  # plugin name -> (distribution, version)
         self._registries: dict[str, dict[str, Entry]] | None = None
+        # plugins whose registration failed: name -> (error, the names they tried to register by kind)
+        self._broken: dict[str, tuple[str, dict[str, list[str]]]] = {}
         for module in BUILTIN_PLUGINS:
             self.pm.register(importlib.import_module(module), name=module)
         if load_entry_points:
@@ -122,9 +124,12 @@ class PluginManager:
             try:
                 plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
-            except Exception as exc:  # a broken plugin must not break the CLI
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not break the CLI
                 self._failed.append(PluginInfo(ep.name, ep.value, version, [], {},
-                                               error=f"{type(exc).__name__}: {exc}"))
+                                               error=f"failed to import: {_describe(exc)}"))
+                self._dist[ep.name] = (dist.name if dist is not None else ep.name, version)
                 continue
             self._dist[ep.name] = (dist.name if dist is not None else ep.name, version)
 
@@ -140,24 +145,45 @@ class PluginManager:
 
     # -- registries ----------------------------------------------------------
     def _collect(self) -> dict[str, dict[str, Entry]]:
+        """Every plugin's registrations, plugin by plugin in the order they were registered (the core's
+        first). A plugin whose registration hook raises, or that registers a name another plugin
+        already has, is set aside as broken with its error; the others keep working."""
         registries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self._broken = {}
+        by_plugin: dict[str, list[tuple[str, Any]]] = {}
         for kind in KINDS:
-            hook = getattr(self.pm.hook, f"probekit_register_{kind}")
-            for impl in hook.get_hookimpls():
-                provider = impl.plugin_name
+            for impl in getattr(self.pm.hook, f"probekit_register_{kind}").get_hookimpls():
+                by_plugin.setdefault(impl.plugin_name, []).append((kind, impl))
+        order = [name for name, _ in self.pm.list_name_plugin()]
+        for provider in sorted(by_plugin, key=lambda n: order.index(n) if n in order else len(order)):
+            mine: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+            error = None
+            for kind, impl in by_plugin[provider]:
 
                 def register(name: str, factory: Any, *, description: str = "", options: Any = None,
-                             _kind: str = kind, _provider: str = provider, **meta: Any) -> None:
-                    existing = registries[_kind].get(name)
+                             _kind: str = kind, _provider: str = provider,
+                             _mine: dict[str, dict[str, Entry]] = mine, **meta: Any) -> None:
+                    existing = registries[_kind].get(name) or _mine[_kind].get(name)
                     if existing is not None:
                         raise PluginError(
                             f"{_SINGULAR[_kind]} '{name}' is provided by two plugins: "
                             f"'{existing.provider}' and '{_provider}'. Uninstall one of them, or "
                             f"restrict loading with PROBEKIT_LOAD_PLUGINS.")
-                    registries[_kind][name] = Entry(_kind, name, factory, _provider, description, options,
-                                                    meta)
+                    _mine[_kind][name] = Entry(_kind, name, factory, _provider, description, options, meta)
 
-                impl.function(register=register)
+                try:
+                    impl.function(register=register)
+                except KeyboardInterrupt:
+                    raise
+                except PluginError as exc:
+                    error = error or str(exc)
+                except BaseException as exc:
+                    error = error or f"{impl.function.__name__} raised {_describe(exc)}"
+            if error is None:
+                for kind in KINDS:
+                    registries[kind].update(mine[kind])
+            else:
+                self._broken[provider] = (error, {k: sorted(v) for k, v in mine.items() if v})
         return registries
 
     @property
@@ -178,11 +204,32 @@ class PluginManager:
         installed = ", ".join(sorted(registry)) or "none"
         fix = f"Installed {kind}: {installed}."
         dist = FIRST_PARTY.get(kind, {}).get(name)
+        broken = self._broken_provider(kind, name, dist)
+        if broken is not None:
+            plugin, error = broken
+            raise UnknownTypeError(f"{singular} '{name}' is provided by the plugin '{plugin}', which is broken: "
+                                   f"{error}", path=path,
+                                   fix="Fix or reinstall that plugin (`probekit plugins` lists it with its error).")
         if dist:
             fix += f" It is provided by {dist}: pip install {dist}"
         else:
             fix += did_you_mean(name, registry)
+        broken_names = [i.name for i in self._failed]
+        if broken_names:
+            fix += (f" Plugins that failed to import (one may provide it): {', '.join(broken_names)}; "
+                    f"`probekit plugins` shows their errors.")
         raise UnknownTypeError(f"unknown {singular} '{name}'", path=path, fix=fix)
+
+    def _broken_provider(self, kind: str, name: str, dist: str | None) -> tuple[str, str] | None:
+        """(plugin, error) of a broken plugin known to provide `name`, or None."""
+        self.registries  # noqa: B018 - collecting finds the broken registrations
+        for plugin, (error, provides) in self._broken.items():
+            if name in provides.get(kind, []):
+                return plugin, error
+        for info in self._failed:
+            if dist is not None and self._dist.get(info.name, (None,))[0] == dist:
+                return info.name, info.error or ""
+        return None
 
     def plugin_infos(self) -> list[PluginInfo]:
         infos: list[PluginInfo] = []
@@ -195,13 +242,31 @@ class PluginManager:
             builtin = name.startswith("probekit.builtin")
             dist, version = self._dist.get(name, ("probekit-core", _core_version()) if builtin else (name, None))
             module = getattr(plugin, "__name__", type(plugin).__name__)
+            error = self._broken[name][0] if name in self._broken else None
             infos.append(PluginInfo(name, module, version, hooks,
-                                    {k: sorted(v) for k, v in provided.get(name, {}).items()}, builtin))
+                                    {k: sorted(v) for k, v in provided.get(name, {}).items()}, builtin, error))
         return infos + list(self._failed)
 
     @property
     def hook(self) -> Any:
         return self.pm.hook
+
+    def notify(self, hook: str, warn: Callable[[str], None], **kwargs: Any) -> None:
+        """Call the observers of a lifecycle `hook`; one that raises is reported through `warn`
+        and skipped (an observer never fails a run)."""
+        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            try:
+                impl.function(**{k: kwargs[k] for k in impl.argnames if k in kwargs})
+            except Exception as exc:
+                warn(f"warning: plugin '{impl.plugin_name}': {hook} raised {type(exc).__name__}: {exc} "
+                     f"(ignored)")
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: message` of an exception (SystemExit shows its code)."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}) (the plugin called sys.exit)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _core_version() -> str:

@@ -57,7 +57,7 @@ def _sections(loaded: LoadedSpec) -> Iterator[tuple[str, str, Any]]:
         yield "datasets", "data", spec.data
     yield "probes", "probe", spec.probe
     for i, metric in enumerate(spec.metric_specs()):
-        yield "metrics", f"metrics.{i}", metric
+        yield "metrics", f"metrics[{i}]", metric
 
 
 def distribution_of(provider: str) -> str:
@@ -132,6 +132,9 @@ def check_import_string(value: str, path: str) -> Any:
     except ImportError as exc:
         raise SpecError(f"cannot import '{value}' ({type(exc).__name__}: {exc})", path=path,
                         fix="Fix the module's import error.") from None
+    except Exception as exc:  # the module itself raises at import
+        raise SpecError(f"importing '{value}' raised {type(exc).__name__}: {exc}", path=path,
+                        fix="Fix the module (import it in Python to see where).") from None
     if not callable(target):
         raise SpecError(f"'{value}' is a {type(target).__name__}, not a callable", path=path,
                         fix="Point it to a function or class that builds the object.")

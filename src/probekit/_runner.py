@@ -27,6 +27,7 @@ from probekit._adapter import ModelAdapter, check_probe_layers
 from probekit._cache import FeatureCache, FeatureSet, cache_key, default_cache_dir
 from probekit._data import DataBundle, build_data
 from probekit._errors import RunError, SpecError
+from probekit._logging import route_to_run, unroute
 from probekit._metric import Metric
 from probekit._plugins import get_plugin_manager
 from probekit._probe import Probe
@@ -71,10 +72,12 @@ class Run:
         self.probe: Probe | None = None
         self.report_sections: list[tuple[str, str]] = []
         self.warnings: list[str] = []
+        self.model_training: dict[str, Any] = {}  # model.train's train/test accuracy, for metrics.json
         self.table_keys: dict[str, list[str]] = {}  # csv name -> key columns declared by write_csv
         self.timings: dict[str, float] = {}
-        self._heartbeat: Any = None  # progress lines on stderr when it is not a terminal (_progress)
         self._log_file: Any = None
+        self._lock: Any = None  # the run directory's lock (rank 0), held until the run ends
+        self._heartbeat: Any = None  # progress lines on stderr when it is not a terminal (_progress)
 
     # -- logging and progress --------------------------------------------------------
     def log(self, message: str) -> None:
@@ -192,7 +195,7 @@ class Run:
                         out["input"] = inputs
                     yield out
 
-        cache = FeatureCache(self.cache_dir / "features")
+        cache = FeatureCache(self.cache_dir / "features", log=self.log)
         # in a distributed run every rank computes and writes its share of the rows
         return FeatureSet(cache.get(keys, compute, dtype=dtype, info={"split": split}, length=len(dataset)))
 
@@ -272,7 +275,7 @@ def _build_model(run: Run) -> ModelAdapter | None:
     if spec.model.train is not None:
         from probekit._pretrain import train_classifier
 
-        train_classifier(run, adapter)
+        run.model_training = train_classifier(run, adapter)
     adapter.model.eval()
     for p in adapter.model.parameters():
         p.requires_grad_(False)
@@ -296,33 +299,101 @@ def resolved_spec_text(loaded: LoadedSpec) -> str:
 
 def prepare(loaded: LoadedSpec, run_dir: Path | None, *, resume: bool = False, overwrite: bool = False,
             quiet: bool = False) -> Run:
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(loaded.spec.name)
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        if overwrite:
-            import shutil
+    """Check and claim the run directory: refuse what is not ours, lock it, write the marker.
 
-            shutil.rmtree(run_dir)
-        else:
+    Rank 0 of a distributed run (or the only process) owns the directory; other ranks only read it.
+    """
+    import os
+
+    from probekit import _files as files
+
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(loaded.spec.name)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SpecError(f"{run_dir} is a file, not a directory", path="-o",
+                        fix="Give a directory for the run (it is created if it does not exist).")
+    if os.environ.get("RANK", "0") != "0":  # rank 0 checks and claims the directory
+        return Run(loaded, run_dir, quiet=quiet, resume=resume)
+    lock = files.RunLock(run_dir)
+    if (run_dir / files.LOCK).is_file() and not (run_dir / files.LOCK).is_symlink():
+        _claim(lock, run_dir)  # a live run is refused before anything else is said
+    try:
+        return _prepare_locked(loaded, run_dir, lock, resume=resume, overwrite=overwrite, quiet=quiet)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _claim(lock: Any, run_dir: Path) -> None:
+    holder = lock.acquire()
+    if holder is not None:
+        who = f"process {holder}" if holder > 0 else "another process"
+        raise SpecError(f"run directory {run_dir} is in use by {who} (a run still going)", path="-o",
+                        fix="Wait for it to finish or stop it, or use another -o RUN_DIR.")
+
+
+def _prepare_locked(loaded: LoadedSpec, run_dir: Path, lock: Any, *, resume: bool, overwrite: bool,
+                    quiet: bool) -> Run:
+    from probekit import _files as files
+
+    fix_new = "Use another -o RUN_DIR."
+    kept = [p.name for p in run_dir.iterdir() if p.name != files.LOCK] if run_dir.is_dir() else []
+    if kept:
+        if not resume and not overwrite:
             raise SpecError(f"run directory {run_dir} already exists", path="-o",
-                            fix="Pass --resume to continue it, --overwrite to start again, or -o NEW_DIR.")
-    if resume and (run_dir / "spec.yaml").exists():
-        old = (run_dir / "spec.yaml").read_text()
-        if _strip_versions(old) != _strip_versions(resolved_spec_text(loaded)):
+                            fix="Pass --resume to continue it (same spec and --set options), --overwrite "
+                                "to start again, or -o NEW_DIR.")
+        if overwrite and (why := files.protected(run_dir)):
+            raise SpecError(f"refusing to delete {run_dir}: {why}", path="-o",
+                            fix="Give the run its own directory, e.g. -o runs/NAME.")
+        if not files.is_run_dir(run_dir):
+            what = "delete" if overwrite else "resume"
+            raise SpecError(f"refusing to {what} {run_dir}: it is not a probekit run directory (no "
+                            f"{files.MARKER}; it holds {', '.join(sorted(kept)[:5])}"
+                            f"{', ...' if len(kept) > 5 else ''})", path="-o", fix=fix_new)
+    links = [p.name for p in run_dir.iterdir() if p.is_symlink()] if run_dir.is_dir() else []
+    if links and not (overwrite and not resume):  # --overwrite removes links without following them
+        raise SpecError(f"{run_dir} holds symbolic links ({', '.join(sorted(links)[:5])}); a run writes only "
+                        f"its own files", path="-o", fix="Remove the links, or use another -o RUN_DIR.")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise SpecError(f"cannot create the run directory {run_dir}: a part of its path is a file", path="-o",
+                        fix="Give a directory path.") from None
+    if not lock.held:
+        _claim(lock, run_dir)
+    if overwrite and not resume and kept:
+        files.clear_run_dir(run_dir)
+    elif resume and (run_dir / "spec.yaml").exists():
+        try:
+            old = _strip_versions((run_dir / "spec.yaml").read_text())
+        except Exception as exc:  # damaged: not UTF-8, not YAML
+            raise SpecError(f"{run_dir / 'spec.yaml'} is damaged ({type(exc).__name__}); this run cannot "
+                            f"be resumed", path="--resume",
+                            fix="Start again with --overwrite, or use another -o RUN_DIR.") from None
+        if old != _strip_versions(resolved_spec_text(loaded)):
             raise SpecError(f"the spec differs from the one {run_dir} was started with", path="--resume",
-                            fix="Resume with the same spec and --set options, or use another -o RUN_DIR.")
-    return Run(loaded, run_dir, quiet=quiet, resume=resume)
+                            fix="--resume continues only the same spec and --set options; to run a "
+                                "changed spec, start again with --overwrite or use another -o RUN_DIR.")
+    files.remove_stale_temporaries(run_dir)
+    if not (run_dir / files.MARKER).is_file():
+        files.write_marker(run_dir)
+    prepared = Run(loaded, run_dir, quiet=quiet, resume=resume)
+    prepared._lock = lock
+    return prepared
 
 
 def _strip_versions(text: str) -> str:
     import yaml
 
     data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError("not a mapping")
     data.pop("versions", None)
     return repr(data)
 
 
 def execute(run: Run) -> dict[str, Any]:
-    """Run a prepared `Run` to the end; return the content of metrics.json."""
+    """Run a prepared `Run` to the end; return the content of metrics.json without its `provenance`."""
     from probekit import _distributed as distributed
     from probekit._provenance import provenance
     from probekit._registry import create_probe
@@ -340,8 +411,19 @@ def execute(run: Run) -> dict[str, Any]:
     if not distributed.is_main():  # only rank 0 writes the run directory
         ckpt.set_read_only(run.run_dir)
         run.quiet = True
-    ckpt.write_text(run.run_dir / "spec.yaml", resolved_spec_text(run.loaded))
-    run._log_file = open(run.run_dir / "log.txt", "a") if distributed.is_main() else None  # noqa: SIM115
+    from probekit import _files as files
+    from probekit._cache import default_cache_dir
+
+    # every write of the run stays inside the run directory (no symbolic links) or the caches
+    files.confine(run.run_dir, run.cache_dir, default_cache_dir())
+    try:
+        ckpt.write_text(run.run_dir / "spec.yaml", resolved_spec_text(run.loaded))
+        run._log_file = files.open_append(run.run_dir / "log.txt") if distributed.is_main() else None
+        log_route = route_to_run(run)
+    except BaseException:
+        files.confine(None)
+        _release(run)
+        raise
     pm = get_plugin_manager()
     start = time.time()
     restore = _install_sigterm_handler(run)
@@ -369,7 +451,7 @@ def execute(run: Run) -> dict[str, Any]:
         run.timings["setup"] = time.time() - t
         run.probe = create_probe(run.spec.probe.type, **run.options["probe"])
         if distributed.is_main():
-            pm.hook.probekit_run_started(run=run)
+            pm.notify("probekit_run_started", run.log, run=run)
         t = time.time()
         _stage(run, "fit")
         run.probe.fit(run)
@@ -377,6 +459,9 @@ def execute(run: Run) -> dict[str, Any]:
         t = time.time()
         _stage(run, "evaluate")
         results = run.probe.evaluate(run)
+        if run.model_training:  # model.train's accuracies: metrics.json and the report state them
+            results = {"model_train": dict(run.model_training), **results}
+            run.report_sections.insert(0, ("Model training", _model_training_text(run.model_training)))
         run.timings["evaluate"] = time.time() - t
         run.timings["total"] = time.time() - start
         distributed.barrier()
@@ -385,7 +470,7 @@ def execute(run: Run) -> dict[str, Any]:
             written = {**results, "provenance": provenance(run)}
             ckpt.write_json(run.run_dir / "metrics.json", written)
             write_reports(run, written)
-            pm.hook.probekit_run_finished(run=run, results=results)
+            pm.notify("probekit_run_finished", run.log, run=run, results=results)
         run.log(f"finished in {run.timings['total']:.1f}s; results in {run.run_dir}")
         if owns_group:
             distributed.shutdown()
@@ -393,20 +478,30 @@ def execute(run: Run) -> dict[str, Any]:
     except BaseException as exc:
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             run.log(f"run failed: {type(exc).__name__}: {exc}")
-        try:
-            pm.hook.probekit_run_failed(run=run, error=exc)
-        except Exception:
-            pass
+        pm.notify("probekit_run_failed", run.log, run=run, error=exc)
         raise
     finally:
         _stop_heartbeat(run)
         restore()
+        unroute(log_route)
         ckpt.set_read_only(None)
+        files.confine(None)
         if run._log_file is not None:
             run._log_file.close()
         run._log_file = None
+        _release(run)
         if owns_group:
             distributed.shutdown(wait=False)  # after an error (a no-op after the shutdown on success)
+
+
+def _model_training_text(scores: Mapping[str, Any]) -> str:
+    """The report's words on model.train: the frozen model's train and test accuracy."""
+    text = (f"The model was trained as a classifier (`model.train`, {scores.get('epochs')} epochs) before "
+            f"probing: train accuracy {scores.get('train_accuracy', float('nan')):.4f}, test accuracy "
+            f"{scores.get('test_accuracy', float('nan')):.4f}.")
+    if "best_epoch" in scores:
+        text += f" Its weights are those of epoch {scores['best_epoch']}, the lowest validation loss."
+    return text
 
 
 def seed_spec(loaded: LoadedSpec, seed: int) -> LoadedSpec:
@@ -498,6 +593,13 @@ def _stop_heartbeat(run: Run) -> None:
     if run._heartbeat is not None:
         run._heartbeat.stop()
         run._heartbeat = None
+
+
+def _release(run: Run) -> None:
+    """Release the run directory's lock (the kernel releases it too when the process dies)."""
+    if run._lock is not None:
+        run._lock.release()
+        run._lock = None
 
 
 def _install_sigterm_handler(run: Run) -> Callable[[], None]:

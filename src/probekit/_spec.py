@@ -9,6 +9,7 @@ and how to fix it.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -94,6 +95,14 @@ class TrainSpec(BaseModel):
     batch_size: BatchSize = Field(64, description=BATCH_SIZE_HELP)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradients' global L2 norm to this before "
+                                                            "every step (default: no clipping).")
+    keep: Literal["last", "best"] = Field(
+        "last", description="Which weights the probe reads: the last epoch's, or the epoch's with the lowest "
+                            "loss on a validation split of val_fraction of the training images (which are then "
+                            "not trained on). Both are checkpointed.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the training images held out for "
+                                                             "validation when keep is best.")
 
 
 class ModelSpec(_Section):
@@ -105,7 +114,7 @@ class ModelSpec(_Section):
 class DataSpec(_Section):
     """`data:`: the dataset source, its options and how much of it to use."""
 
-    limit: int | None = Field(None, ge=1, description="Use at most this many training examples.")
+    limit: int | None = Field(None, ge=2, description="Use at most this many training examples (at least 2).")
     test_limit: int | None = Field(None, ge=1, description="Use at most this many test examples.")
     batch_size: int = Field(64, ge=1, description="Batch size for feature extraction and evaluation.")
 
@@ -182,12 +191,85 @@ class LoadedSpec:
 
 
 # -- loading ---------------------------------------------------------------------------
+#: At most this many nodes after expanding YAML aliases (a 1 KB "billion laughs" spec expands to
+#: billions; a real spec has a few hundred).
+YAML_NODE_BUDGET = 10_000
+#: Largest spec file read.
+MAX_SPEC_BYTES = 1 << 20
+#: Integers in a spec stay within a signed 64-bit range (torch, numpy and the OS take no larger ones).
+MAX_INT = 2**63 - 1
+
+
+def safe_yaml(text: str, *, what: str = "the spec") -> Any:
+    """`yaml.safe_load` of `text`, refusing aliases that expand past `YAML_NODE_BUDGET` nodes (and
+    recursive ones) before anything is built."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, what)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, what: str) -> None:
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise SpecError(f"{what} has a recursive YAML alias", fix="Write the value out instead of `*alias`.")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            for child in node.value:
+                total += size(child)
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                total += size(k) + size(v)
+        active.discard(key)
+        if total > YAML_NODE_BUDGET:
+            raise SpecError(f"{what} expands to more than {YAML_NODE_BUDGET:,} values through YAML aliases "
+                            f"(`&anchor` / `*alias`)", fix="Write the spec out without nested aliases.")
+        sizes[key] = total
+        return total
+
+    size(root)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of a spec file; every problem with the file is a `SpecError` naming it."""
     path = Path(path)
     if not path.exists():
         raise SpecError("spec file not found", file=str(path), fix="Check the path.")
+    if path.is_dir():
+        raise SpecError("this is a directory, not a spec file", file=str(path),
+                        fix="Give the path of a spec.yaml file.")
     try:
-        data = yaml.safe_load(path.read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(f"cannot read the spec ({exc.strerror or exc})", file=str(path),
+                        fix="Check the path and its permissions.") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"the spec is larger than {MAX_SPEC_BYTES // 1024} KiB", file=str(path),
+                        fix="Give a spec.yaml (a few lines of YAML), not a data file.")
+    try:
+        text = raw.decode("utf-8")
+        if "\x00" in text:
+            raise UnicodeDecodeError("utf-8", raw, text.index("\x00"), text.index("\x00") + 1, "NUL byte")
+    except UnicodeDecodeError:
+        raise SpecError("not a text file (it is not UTF-8 text)", file=str(path),
+                        fix="Give the path of a spec.yaml file.") from None
+    try:
+        data = safe_yaml(text)
+    except SpecError as exc:
+        raise exc.with_file(str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -204,17 +286,40 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def check_numbers(data: Any, path: str = "") -> None:
+    """Refuse integers beyond 64 bits and floats that are not finite, anywhere in a spec (a
+    `SpecError` with the key path)."""
+    import math
+
+    if isinstance(data, dict):
+        for k, v in data.items():
+            check_numbers(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            check_numbers(v, f"{path}[{i}]" if path else f"[{i}]")
+    elif isinstance(data, bool):
+        return
+    elif isinstance(data, int) and abs(data) > MAX_INT:
+        shown = str(data) if len(str(data)) < 30 else f"a number of {len(str(abs(data)))} digits"
+        raise SpecError(f"{shown} is too large (at most {MAX_INT})", path=path,
+                        fix="Give a value in the option's range; `probekit schema` describes every key.")
+    elif isinstance(data, float) and not math.isfinite(data):
+        raise SpecError(f"{data} is not a finite number", path=path, fix="Give a finite number.")
+
+
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply `a.b=c` overrides (values parsed as YAML) to a copy of `data`."""
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, text = item.partition("=")
-        key = key.strip()
+        key = re.sub(r"\[(-?\d+)\]", r".\1", key.strip())  # probe.layers[1] is probe.layers.1
         if not sep or not key or any(not part for part in key.split(".")):
             raise SpecError(f"bad --set '{item}'", path="--set",
                             fix="Write --set KEY=VALUE with a dotted key, e.g. --set probe.epochs=3.")
         try:
-            value = yaml.safe_load(text)
+            value = safe_yaml(text, what=f"--set {key}")
+        except SpecError as exc:
+            raise SpecError(exc.message, path=key, fix=exc.fix) from None
         except yaml.YAMLError:
             value = text
         parts = key.split(".")
@@ -253,7 +358,11 @@ def _index(node: list[Any], part: str, here: str, item: str) -> int:
 
 
 def _loc(loc: Iterable[Any]) -> str:
-    return ".".join(str(p) for p in loc)
+    """A key path as the user reads it: `probe.layers[1].name` (list items by index in brackets)."""
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
 
 
 def _model_at(model: Any, loc: Iterable[Any]) -> Any:
@@ -375,8 +484,39 @@ def check_spec(spec: Spec, raw: dict[str, Any], *, path: Path | None = None) -> 
             options["model.train.data"] = validate_options("datasets", train_data, "model.train.data",
                                                            base_dir=base, file=file)
     for i, metric in enumerate(spec.metric_specs()):
-        options[f"metrics.{i}"] = validate_options("metrics", metric, f"metrics.{i}", base_dir=base, file=file)
+        options[f"metrics.{i}"] = validate_options("metrics", metric, f"metrics[{i}]", base_dir=base, file=file)
+        check_metric_accepted(spec.probe.type, metric.type, f"metrics[{i}]", file=file)
     return LoadedSpec(spec, raw, path, options)
+
+
+def accepted_metrics(probe_type: str) -> list[str] | None:
+    """The installed metrics the spec's `metrics:` may list for a probe, or None when the probe
+    declares nothing (`accepts_metrics` at registration: metric names, or kinds such as `image`
+    that match every metric registered with that `kind`)."""
+    from probekit._plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    accepts = pm.get("probes", probe_type).meta.get("accepts_metrics")
+    if accepts is None:
+        return None
+    return [name for name in pm.names("metrics")
+            if name in accepts or pm.get("metrics", name).meta.get("kind") in accepts]
+
+
+def check_metric_accepted(probe_type: str, metric: str, path: str, *, file: str | None = None) -> None:
+    """Refuse a metric of `metrics:` that the probe does not use (a `SpecError` naming what it accepts)."""
+    from probekit._plugins import get_plugin_manager
+
+    accepted = accepted_metrics(probe_type)
+    if accepted is None or metric in accepted:
+        return
+    computes = get_plugin_manager().get("probes", probe_type).meta.get("computes") or []
+    does = f" (it computes {', '.join(computes)} itself)" if computes else ""
+    if not accepted:
+        raise SpecError(f"probe '{probe_type}' does not use the spec's `metrics:`, so '{metric}' would be "
+                        f"ignored{does}", path=path, file=file, fix="Remove the `metrics:` list.")
+    raise SpecError(f"probe '{probe_type}' does not use metric '{metric}'{does}", path=path, file=file,
+                    fix=f"Remove it from `metrics:`. Metrics probe '{probe_type}' accepts: {', '.join(accepted)}.")
 
 
 def parse_section(cls: type[_Section], data: Any, path: str, file: str | None) -> Any:
@@ -396,6 +536,10 @@ def load_spec(source: str | Path | Mapping[str, Any], overrides: Iterable[str] =
         raw = read_yaml(path)
     try:
         raw = apply_overrides(raw, overrides)
+    except SpecError as exc:
+        raise exc.with_file(str(path) if path else None) from None
+    try:
+        check_numbers(raw)
     except SpecError as exc:
         raise exc.with_file(str(path) if path else None) from None
     spec = parse_spec(raw, file=str(path) if path else None)

@@ -88,13 +88,20 @@ class Trainer:
         progress: optional `progress(iterable, total=, desc=)` wrapper (`Run.progress`).
         log: optional `log(message)`.
         scheduler: optional LR scheduler stepped once per epoch.
+        precision: fp32, bf16 or fp16 (default: the spec's `precision`).
+        name: how log lines call this trainer.
+        grad_clip: clip the gradients' global L2 norm to this before every step (None: no clipping).
+        validate: optional `validate() -> float`, a validation loss (lower is better) computed after every
+            epoch with the modules in eval mode; the trainer keeps the weights of the best epoch as well
+            as the last (`best_epoch`, `val_losses`, `restore_best()`), in its checkpoints too.
     """
 
     def __init__(self, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer, *, epochs: int,
                  checkpoint: str | Path | None, seed: int = 0, tag: str = "",
                  progress: Callable[..., Iterable[Any]] | None = None,
                  log: Callable[[str], None] | None = None, scheduler: Any = None, precision: str | None = None,
-                 name: str | None = None):
+                 name: str | None = None, grad_clip: float | None = None,
+                 validate: Callable[[], float] | None = None):
         self.modules = dict(modules)
         self.optimizer = optimizer
         self.epochs = epochs
@@ -107,8 +114,13 @@ class Trainer:
         self.scheduler = scheduler
         self.precision = precision or _default_precision
         self._scaler: Any = None
+        self.grad_clip = grad_clip
+        self.validate = validate
         self.epoch = 0
         self.losses: list[float] = []
+        self.val_losses: list[float] = []
+        self.best_epoch: int | None = None  # 1-based epoch of the lowest validation loss
+        self._best_state: dict[str, Any] | None = None
         self._partial: dict[str, Any] | None = None  # mid-epoch state saved on SIGTERM
         self._resume()
 
@@ -135,6 +147,9 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         self.losses = [float(x) for x in state["losses"]]
+        self.val_losses = [float(x) for x in state.get("val_losses", [])]
+        self.best_epoch = state.get("best_epoch")
+        self._best_state = state.get("best")
         self._partial = state.get("partial")
         where = f" and step {self._partial['step']}" if self._partial else ""
         self.log(f"{self.name}: resumed after epoch {self.epoch}/{self.epochs}{where}")
@@ -150,6 +165,10 @@ class Trainer:
             "epoch": self.epoch,
             "losses": self.losses,
         }
+        if self.validate is not None:
+            state["val_losses"] = self.val_losses
+            state["best_epoch"] = self.best_epoch
+            state["best"] = self._best_state
         if partial is not None:
             state["partial"] = partial
         if self.scheduler is not None:
@@ -208,11 +227,14 @@ class Trainer:
                     value = float(loss.detach())
                     if math.isfinite(value):
                         self._backward(loss)
+                        self._clip()
                 if not math.isfinite(value):
+                    kept = (f"the checkpoint after epoch {self.epoch} is kept" if self.checkpoint is not None
+                            and self.epoch > 0 and self.checkpoint.exists() else "no checkpoint was written yet")
                     raise RunError(
-                        f"{self.name}: loss is {value} at epoch {self.epoch + 1}, step {i + 1}; "
-                        f"the last good checkpoint (after epoch {self.epoch}) is kept. Lower the learning "
-                        f"rate or check the data, then run again with --resume.")
+                        f"{self.name}: loss is {value} at epoch {self.epoch + 1}, step {i + 1} ({kept}). Lower "
+                        f"the learning rate or check the data; a changed spec starts again (--overwrite or a "
+                        f"new -o), --resume continues only the same spec.")
                 if self._scaler is not None:
                     self._scaler.step(self.optimizer)
                     self._scaler.update()
@@ -232,11 +254,49 @@ class Trainer:
                 self.scheduler.step()
             self.losses.append(total_loss / max(count, 1))
             self.epoch += 1
+            val = self._validate()
             self._save()
-            self.log(f"{self.name} epoch {self.epoch}/{self.epochs}: loss {self.losses[-1]:.6g}")
+            self.log(f"{self.name} epoch {self.epoch}/{self.epochs}: loss {self.losses[-1]:.6g}"
+                     + (f", validation loss {val:.6g}" + (" (best)" if self.best_epoch == self.epoch else "")
+                        if val is not None else ""))
         for m in self.modules.values():
             m.eval()
         return list(self.losses)
+
+    def _validate(self) -> float | None:
+        """The validation loss after an epoch; keeps a copy of the weights when it is the best so far."""
+        if self.validate is None:
+            return None
+        for m in self.modules.values():
+            m.eval()
+        with torch.no_grad():
+            val = float(self.validate())
+        for m in self.modules.values():
+            m.train()
+        self.val_losses.append(val)
+        if self.best_epoch is None or val < self.val_losses[self.best_epoch - 1]:
+            self.best_epoch = self.epoch
+            self._best_state = {name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+                                for name, m in self.modules.items()}
+        return val
+
+    def restore_best(self) -> int | None:
+        """Load the weights of the epoch with the lowest validation loss; returns that epoch (1-based),
+        or None (and leaves the last weights) when the trainer has no `validate`."""
+        if self._best_state is None:
+            return None
+        for name, module in self.modules.items():
+            module.load_state_dict(self._best_state[name])
+        return self.best_epoch
+
+    def _clip(self) -> None:
+        """Clip the gradients' global norm to `grad_clip` (after unscaling fp16 gradients)."""
+        if self.grad_clip is None:
+            return
+        if self._scaler is not None:
+            self._scaler.unscale_(self.optimizer)
+        params = [p for m in self.modules.values() for p in m.parameters() if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
 
     def _device_type(self) -> str:
         return self._device().type
@@ -288,6 +348,7 @@ class Trainer:
         with self._autocast():
             loss = parallel(local if n_local else None, n_local * world / n_global)
         self._backward(loss)
+        self._clip()
         loss_and_stop = torch.stack([loss.detach().float() / world,
                                      torch.tensor(float(_stop_requested), device=loss.device)])
         value, stops = distributed.all_reduce_sum(loss_and_stop).tolist()

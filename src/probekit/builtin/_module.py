@@ -63,6 +63,21 @@ def weights_preprocessing(weights: Any) -> dict[str, Any]:
             "interpolation": _INTERPOLATION.get(str(mode), "bilinear")}
 
 
+def _check_signature(fn: Any, factory: str, kwargs: dict[str, Any]) -> None:
+    """Refuse kwargs the factory does not take (a SpecError naming them and its parameters)."""
+    import inspect
+
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: the call will tell
+        return
+    try:
+        signature.bind(**kwargs)
+    except TypeError as exc:
+        raise SpecError(f"factory '{factory}' does not take these kwargs ({exc})", path="model.kwargs",
+                        fix=f"Its parameters: {signature}.") from None
+
+
 class ModuleAdapter(ModelAdapter):
     """Wraps the `nn.Module` returned by `factory(**kwargs)`; layers are module paths.
 
@@ -86,7 +101,14 @@ class ModuleAdapter(ModelAdapter):
         except (ImportError, AttributeError) as exc:
             raise SpecError(f"cannot import factory '{factory}' ({exc})", path="model.factory",
                             fix='Give "package.module:callable" of an importable package.') from None
+        except Exception as exc:  # the module itself fails at import
+            raise SpecError(f"importing factory '{factory}' raised {type(exc).__name__}: {exc}",
+                            path="model.factory", fix="Fix the module (import it in Python to see where).") from None
+        if not callable(fn):
+            raise SpecError(f"factory '{factory}' is a {type(fn).__name__}, not a callable", path="model.factory",
+                            fix="Point it to a function or class that builds a torch model.")
         kwargs = dict(kwargs or {})
+        _check_signature(fn, factory, kwargs)
         named = torchvision_weights(fn, kwargs.get("weights"))
         prep = weights_preprocessing(named) if named is not None else {}
         if named is not None:  # the enum member; a local file stands in for it: nothing downloaded
@@ -99,6 +121,10 @@ class ModuleAdapter(ModelAdapter):
                             fix="Offline, give a local copy as `weights: FILE` (keep kwargs.weights for the "
                                 "preprocessing; add `weights_strict: false` when the file covers part of "
                                 "the model).") from None
+        except Exception as exc:  # the user's factory fails with these kwargs
+            raise SpecError(f"factory '{factory}' raised {type(exc).__name__}: {exc}", path="model.kwargs",
+                            fix="Check the kwargs against the factory (call it in Python to see where it "
+                                "fails).") from None
         if not isinstance(model, nn.Module):
             raise SpecError(f"factory '{factory}' returned a {type(model).__name__}, not an nn.Module",
                             path="model.factory", fix="Point it to a callable that builds a torch model.")

@@ -9,10 +9,13 @@ from pydantic import Field
 from probekit._spec import ExistingPath, Options
 from probekit.hookspecs import hookimpl
 
+#: The largest image side a data source resizes to.
+MAX_SIZE = 8192
+
 
 class SplitOptions(Options):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of examples held out for testing.")
-    size: int | None = Field(None, ge=4, description="Resize images to size x size (default: native).")
+    size: int | None = Field(None, ge=4, le=MAX_SIZE, description="Resize images to size x size (default: native).")
     channels: Literal[1, 3] | None = Field(None, description="Convert to 1 (gray) or 3 (RGB) channels.")
 
 
@@ -25,8 +28,8 @@ class Mnist5kOptions(SplitOptions):
 
 
 class PhotosOptions(Options):
-    size: int = Field(64, ge=8, description="Side of the square crops.")
-    n: int = Field(512, ge=2, description="Number of crops (train + test).")
+    size: int = Field(64, ge=8, le=MAX_SIZE, description="Side of the square crops.")
+    n: int = Field(512, ge=2, le=10_000_000, description="Number of crops (train + test).")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     photos: list[str] | None = Field(None, description="scikit-image photo names (default: all bundled RGB).")
     min_scale: float = Field(0.25, gt=0, le=1, description="Smallest crop side as a share of the photo's side.")
@@ -35,6 +38,9 @@ class PhotosOptions(Options):
 class FolderOptions(SplitOptions):
     root: ExistingPath = Field(..., description="Image folder; class subfolders optional.")
     test_root: ExistingPath | None = Field(None, description="Separate test folder (else a split of root).")
+    on_bad_file: Literal["error", "skip"] = Field(
+        "error", description="A file that is not a whole image: stop before training listing the first few "
+                             "(error), or leave it out with a count in the log (skip).")
 
 
 class TorchvisionOptions(SplitOptions):
