@@ -51,7 +51,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
 EXAMPLES = {
     # example -> (plugin package, --set overrides that keep it small)
     "tradeoff-mnist": ("probekit_tradeoff", ["probe.latents=[2,16]", "probe.lambdas=[0,1]", "probe.epochs=2",
-                                             "data.limit=1000"]),
+                                             "data.limit=1000", "seeds=[0]"]),  # one seed: no std/ci95 to
+    # compare (a difference of nearly equal numbers, whose relative error DDP's float sums amplify)
     "vit-inversion": ("probekit_inversion", ["probe.epochs=2", "model.train.epochs=2", "data.n=256", "threads=1"]),
     "mamba-length": ("probekit_mamba", ["probe.epochs=1", "probe.steps_per_epoch=6", "probe.eval_images=32",
                                         "probe.variants=[mamba,transformer]", "probe.eval_lengths=[8,16]",
