@@ -30,7 +30,7 @@ def _digits_spec(**probe):
                   "kwargs": {"in_channels": 1, "num_classes": 10, "width": 8},
                   "train": {"epochs": 2, "lr": 0.003, "batch_size": 64}},
         "data": {"type": "digits", "batch_size": 128},
-        "probe": {"type": "linear", "layers": ["5", "9"], "epochs": 5, **probe},
+        "probe": {"type": "linear", "layers": ["5", "9"], **probe},
         "metrics": ["accuracy"],
     }
 

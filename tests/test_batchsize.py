@@ -183,7 +183,8 @@ def test_resolve_stores_the_choice_and_reuses_it_on_resume(tmp_path, monkeypatch
 
 
 def test_run_with_batch_size_auto_records_and_reuses_the_sizes(tmp_path, digits_spec, monkeypatch):
-    spec = digits_spec(epochs=2, batch_size="auto")
+    monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path / "cache"))  # this run's model record alone
+    spec = digits_spec(solver="sgd", epochs=2, batch_size="auto")
     spec["model"]["train"].update(epochs=1, batch_size="auto")
     spec["data"]["limit"] = 300
     # 4 MiB "available": the CNN's activations limit model.train; the linear probes fit the whole set

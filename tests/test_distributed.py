@@ -14,7 +14,7 @@ SPEC = {
     "model": {"type": "module", "factory": "probekit.testing:mlp", "kwargs": {"in_features": 64, "hidden": 32},
               "train": {"epochs": 2, "batch_size": 64}},
     "data": {"type": "digits", "batch_size": 128},
-    "probe": {"type": "linear", "layers": ["2", "4"], "epochs": 3, "batch_size": 64},
+    "probe": {"type": "linear", "layers": ["2", "4"], "solver": "sgd", "epochs": 3, "batch_size": 64},
 }
 
 

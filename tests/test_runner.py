@@ -30,13 +30,13 @@ def test_run_writes_the_whole_run_directory_and_is_deterministic(tmp_path, digit
     assert resolved["versions"]["probekit"] == probekit.__version__
     assert "torch" in resolved["versions"]
     rows = (tmp_path / "a" / "results.csv").read_text().splitlines()
-    assert rows[0] == "layer,metric,value" and len(rows) == 5
+    assert rows[0] == "layer,metric,value" and len(rows) == 12  # 5 rows per layer, the chance baseline
     assert "<img" in (tmp_path / "a" / "report.html").read_text()
     assert "base64," in (tmp_path / "a" / "report.html").read_text()
 
 
 def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, digits_spec):
-    spec = digits_spec(epochs=1)
+    spec = digits_spec(solver="sgd", epochs=1)
     spec["model"]["train"]["epochs"] = 1
     probekit.run(spec, tmp_path / "r")
     with pytest.raises(SpecError, match="--resume"):
@@ -60,7 +60,7 @@ def _cli(*args, env=None, **kw):
 
 
 def test_sigkill_during_training_then_resume_gives_identical_metrics(tmp_path, digits_spec):
-    spec = digits_spec(epochs=15)
+    spec = digits_spec(solver="sgd", epochs=15)
     spec["model"]["train"]["epochs"] = 4
     path = _write_spec(tmp_path, spec)
     cache = tmp_path / "cache"
@@ -88,7 +88,7 @@ def test_sigkill_during_training_then_resume_gives_identical_metrics(tmp_path, d
 
 
 def test_sigterm_checkpoints_mid_epoch_and_resume_gives_identical_metrics(tmp_path, digits_spec):
-    spec = digits_spec(epochs=15, batch_size=32)
+    spec = digits_spec(solver="sgd", epochs=15, batch_size=32)
     spec["model"]["train"]["epochs"] = 2
     path = _write_spec(tmp_path, spec)
     ref = _cli("run", str(path), "-o", str(tmp_path / "ref"), "-q", env={"PROBEKIT_CACHE": str(tmp_path / "c0")})
@@ -159,7 +159,7 @@ def test_preprocess_postprocess_roundtrip():
 
 def test_model_train_weights_are_cached_and_reused(tmp_path, monkeypatch, digits_spec):
     monkeypatch.setenv("PROBEKIT_CACHE", str(tmp_path / "cache"))
-    spec = digits_spec(epochs=1)
+    spec = digits_spec(solver="sgd", epochs=1)
     probekit.run(spec, tmp_path / "one")
     cached = list((tmp_path / "cache" / "models").glob("*.safetensors"))
     assert len(cached) == 1
@@ -177,7 +177,7 @@ def test_full_disk_fails_cleanly_and_resumes_after_space_is_freed(tmp_path, digi
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
-        spec = digits_spec(epochs=2)
+        spec = digits_spec(solver="sgd", epochs=2)
         spec["model"]["train"]["epochs"] = 1
         spec["probe"]["layers"] = ["2", "5", "8", "9"]  # checkpoints of ~0.1-0.3 MB each: the disk fills up
         path = _write_spec(tmp_path, spec)
@@ -203,7 +203,7 @@ def test_full_disk_fails_cleanly_and_resumes_after_space_is_freed(tmp_path, digi
 
 
 def test_corrupt_checkpoint_is_detected_and_training_redone(tmp_path, digits_spec):
-    spec = digits_spec(epochs=2)
+    spec = digits_spec(solver="sgd", epochs=2)
     spec["model"]["train"]["epochs"] = 1
     first = probekit.run(spec, tmp_path / "r")
     ck = tmp_path / "r" / "checkpoints" / "linear-5.pt"
@@ -215,7 +215,7 @@ def test_corrupt_checkpoint_is_detected_and_training_redone(tmp_path, digits_spe
 
 
 def test_mixed_precision_and_fp16_cache_run(tmp_path, digits_spec):
-    spec = digits_spec(epochs=2)
+    spec = digits_spec(solver="sgd", epochs=2)
     spec["model"]["train"]["epochs"] = 1
     spec.update(precision="bf16", cache_dtype="float16")
     results = probekit.run(spec, tmp_path / "r")
@@ -228,7 +228,7 @@ def test_kill_at_random_points_then_resume_reproduces_the_results(tmp_path, digi
     """SIGKILL or SIGTERM at random moments (set-up, model training, feature caching, probe training)."""
     import random
 
-    spec = digits_spec(epochs=6)
+    spec = digits_spec(solver="sgd", epochs=6)
     spec["model"]["train"]["epochs"] = 2
     path = _write_spec(tmp_path, spec)
     t0 = time.time()

@@ -85,7 +85,7 @@ def test_seeds_must_differ_and_can_be_set_on_the_command_line(digits_spec):
 
 
 def test_a_run_over_seeds_writes_seed_runs_and_combined_tables(tmp_path, digits_spec):
-    spec = digits_spec(epochs=2)
+    spec = digits_spec()
     spec["model"]["train"]["epochs"] = 1
     spec["seeds"] = [3, 4]
     out = tmp_path / "run"

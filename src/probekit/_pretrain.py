@@ -98,7 +98,9 @@ def train_classifier(run: RunContext, adapter: ModelAdapter) -> dict[str, float]
 
     trainer = Trainer({"model": model}, opt, epochs=opts.epochs, seed=run.seed, tag="model.train",
                       checkpoint=run.checkpoint_dir / "model-train.pt", progress=run.progress, log=run.debug,
-                      grad_clip=opts.grad_clip, validate=validate)
+                      grad_clip=opts.grad_clip, validate=validate,
+                      scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=opts.epochs)
+                      if opts.lr_schedule == "cosine" else None)
     # batch_size auto: the largest batch that fits, searched once and kept in checkpoints/ for --resume
     opts = opts.model_copy(update={"batch_size": resolve_batch_size(
         run, "model.train", opts.batch_size, lambda b: step(torch.arange(b)), modules=[model],

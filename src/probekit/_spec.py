@@ -95,6 +95,9 @@ class TrainSpec(BaseModel):
     batch_size: BatchSize = Field(64, description=BATCH_SIZE_HELP)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Learning rate over the epochs: constant, or cosine (from lr down to 0 at the "
+                                "end, stepped once per epoch).")
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradients' global L2 norm to this before "
                                                             "every step (default: no clipping).")
     keep: Literal["last", "best"] = Field(

@@ -51,6 +51,14 @@ def probekit_register_probes(register: Register) -> None:
     `factory(**options)` must return a `probekit.Probe`. Pass
     `needs_model=False` for probes that build their own models, so that a
     spec without a `model:` section is valid for them.
+
+    Metrics are a contract: pass `computes=[...]`, the names of the numbers the
+    probe computes itself (e.g. `["accuracy"]`), and `accepts_metrics=[...]`,
+    which entries of the spec's `metrics:` it uses: metric names, or metric kinds
+    (`"image"` accepts every metric registered with `kind="image"`); `[]` when it
+    uses none. A spec listing a metric the probe does not accept is refused
+    (exit 2) with the accepted names. A probe that declares no `accepts_metrics`
+    is not checked.
     """
 
 
@@ -59,7 +67,10 @@ def probekit_register_metrics(register: Register) -> None:
     """Register metric types (entries of a spec's `metrics:` list).
 
     `factory(**options)` must return a `probekit.Metric`: streaming
-    `update(pred, target)`, `compute()` and `reset()`.
+    `update(pred, target)`, `compute()` and `reset()`. Pass `kind=` what it
+    compares (`"image"`: images in [0, 1]; `"classification"`: logits or labels
+    against labels; `"representation"`, `"output"`, `"attribution"`), so that
+    probes can accept metrics by kind, and `higher_is_better=`.
     """
 
 

@@ -22,10 +22,13 @@ class RangeOptions(Options):
 def probekit_register_metrics(register: Any) -> None:
     src = "probekit.builtin._metrics"
     register("mse", f"{src}:mse", options=NoOptions, description="Mean squared error (torchmetrics).",
-             higher_is_better=False)
+             higher_is_better=False, kind="image")
     register("psnr", f"{src}:psnr", options=RangeOptions,
-             description="Peak signal-to-noise ratio in dB over the whole set (torchmetrics).", higher_is_better=True)
+             description="Peak signal-to-noise ratio in dB over the whole set (torchmetrics).", higher_is_better=True,
+             kind="image")
     register("ssim", f"{src}:ssim", options=RangeOptions,
-             description="Structural similarity, Gaussian window 11 (torchmetrics).", higher_is_better=True)
+             description="Structural similarity, Gaussian window 11 (torchmetrics).", higher_is_better=True,
+             kind="image")
     register("accuracy", f"{src}:accuracy", options=NoOptions,
-             description="Top-1 accuracy of logits (or labels) against integer labels.", higher_is_better=True)
+             description="Top-1 accuracy of logits (or labels) against integer labels.", higher_is_better=True,
+             kind="classification")

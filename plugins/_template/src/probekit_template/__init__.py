@@ -27,10 +27,11 @@ class MaeOptions(Options):
 @hookimpl
 def probekit_register_probes(register: Any) -> None:
     register("norms", "probekit_template._impl:NormsProbe", options=NormsOptions,
-             description="Mean L2 norm of each layer's states on the test set (template plugin).")
+             description="Mean L2 norm of each layer's states on the test set (template plugin).",
+             computes=["norm"], accepts_metrics=[])  # the metrics contract: what it computes, which it uses
 
 
 @hookimpl
 def probekit_register_metrics(register: Any) -> None:
     register("mae", "probekit_template._impl:MeanAbsoluteError", options=MaeOptions,
-             description="Mean absolute error (template plugin).")
+             description="Mean absolute error (template plugin).", higher_is_better=False, kind="image")

@@ -22,4 +22,6 @@ def probekit_register_probes(register: Any) -> None:
         options="probekit_inversion.options:InversionOptions",
         description="Inverse networks reconstructing the input from each layer (modular or end-to-end); "
         "reconstruction error vs depth, layer correlation, colour robustness.",
+        computes=["mse", "psnr", "ssim", "lpips"],  # the default image metrics (lpips when installed)
+        accepts_metrics=["image"],
     )

@@ -55,4 +55,5 @@ def probekit_register_models(register: Any) -> None:
 def probekit_register_probes(register: Any) -> None:
     register("length-generalization", "probekit_mamba._lengthgen:LengthGeneralizationProbe",
              options="probekit_mamba._lengthgen_options:LengthGenOptions",
-             description="Mamba length generalisation by image reconstruction (study 3)", needs_model=False)
+             description="Mamba length generalisation by image reconstruction (study 3)", needs_model=False,
+             computes=["mse"], accepts_metrics=[])

@@ -87,6 +87,7 @@ def probekit_register_metrics(register: Any) -> None:
         options=LPIPSOptions,
         description="LPIPS perceptual distance (lpips package; offline backbone weights from a file).",
         higher_is_better=False,
+        kind="image",
     )
     register(
         "cka",
@@ -94,6 +95,7 @@ def probekit_register_metrics(register: Any) -> None:
         options=CKAOptions,
         description="Linear CKA between perturbed (pred) and clean (target) states.",
         higher_is_better=True,
+        kind="representation",
     )
     register(
         "cosine",
@@ -101,6 +103,7 @@ def probekit_register_metrics(register: Any) -> None:
         options=NoOptions,
         description="Mean cosine similarity between perturbed and clean states.",
         higher_is_better=True,
+        kind="representation",
     )
     register(
         "flip_rate",
@@ -108,6 +111,7 @@ def probekit_register_metrics(register: Any) -> None:
         options=NoOptions,
         description="Share of changed predictions between perturbed and clean logits.",
         higher_is_better=False,
+        kind="output",
     )
     register(
         "logit_distance",
@@ -115,6 +119,7 @@ def probekit_register_metrics(register: Any) -> None:
         options=LogitDistanceOptions,
         description="Mean L2 distance between perturbed and clean logits.",
         higher_is_better=False,
+        kind="output",
     )
     register(
         "infidelity",
@@ -124,6 +129,7 @@ def probekit_register_metrics(register: Any) -> None:
         "update(images, labels).",
         higher_is_better=False,
         needs_model=True,
+        kind="attribution",
     )
     register(
         "sensitivity",
@@ -133,6 +139,7 @@ def probekit_register_metrics(register: Any) -> None:
         "update(images, labels).",
         higher_is_better=False,
         needs_model=True,
+        kind="attribution",
     )
 
 
@@ -143,4 +150,6 @@ def probekit_register_probes(register: Any) -> None:
         "probekit_perturb._robustness:RobustnessProbe",
         options=RobustnessOptions,
         description="How much each layer's representation and the output move under input perturbations.",
+        computes=["cka", "cosine", "flip_rate", "logit_distance"],
+        accepts_metrics=["image"],  # the spec's metrics compare each perturbed image with the clean one
     )

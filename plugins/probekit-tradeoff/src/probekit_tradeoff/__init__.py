@@ -27,4 +27,6 @@ def probekit_register_probes(register: Any) -> None:
         description="Classification vs reconstruction through one shared latent: sweeps of lambda, "
         "latent size and model family, with PCA and random-projection baselines.",
         needs_model=False,
+        computes=["accuracy", "mse", "cross_entropy", "readout_accuracy"],
+        accepts_metrics=[],
     )
