@@ -634,7 +634,8 @@ class InversionProbe(Probe):
         mean_input = self._mean_input(run).to(run.device)
         sums = {s.name: 0.0 for s in self.sites[1:]}
         with torch.no_grad():
-            for idx in torch.arange(len(test)).split(run.spec.data.batch_size if run.spec.data else 64):
+            parts = torch.arange(len(test)).split(run.spec.data.batch_size if run.spec.data else 64)
+            for idx in run.progress(parts, desc="inversion: test batches"):
                 batch = test.batch(idx, device=run.device)
                 target = self.to_image(run, batch["input"])
                 mean_image = self.to_image(run, mean_input.expand_as(batch["input"]))

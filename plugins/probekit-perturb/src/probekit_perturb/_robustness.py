@@ -97,7 +97,8 @@ class RobustnessProbe(Probe):
 
         rows: list[dict[str, Any]] = []
         shown: dict[str, torch.Tensor] = {}
-        for i, (spec, label) in enumerate(zip(self.perturbations, self.labels)):
+        for i, (spec, label) in enumerate(run.progress(list(zip(self.perturbations, self.labels)),
+                                                       desc="robustness: perturbations")):
             opts = spec.options()
             perturb = create_perturbation(spec.type, **opts)
             if spec.region is not None:
