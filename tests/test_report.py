@@ -53,7 +53,14 @@ def test_an_interval_rounds_its_mean_to_its_precision():
 
 
 def test_summary_line_natural_order_and_whole_entries():
-    line = summary_line({"acc": {"11": 0.5, "2": 0.25, "block": "x"}, "ok": True})
+    line = summary_line({"acc": {"11": 0.5, "2": 0.25, "block": "x"}, "ok": True, "per_seed": {"0": {"a": 1}}})
     assert line == "acc.2=0.25, acc.11=0.5"  # text and booleans are not numbers of the summary
     long = summary_line({"acc": {str(i): 1 / 3 for i in range(100)}}, limit=80)
     assert len(long) <= 80 and long.endswith("more") and "acc.0=0.3333" in long
+
+
+def test_summary_line_of_seeds_shows_the_intervals():
+    interval = {"mean": 0.91234, "std": 0.01, "ci95": 0.0234, "n": 2}
+    results = {"seeds": [0, 1], "aggregate": {"accuracy": {"5": interval}},
+               "per_seed": {"0": {"accuracy": {"5": 0.9}}, "1": {"accuracy": {"5": 0.92}}}}
+    assert summary_line(results) == "aggregate.accuracy.5=0.912 ± 0.023 (n=2)"

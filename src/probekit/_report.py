@@ -103,10 +103,12 @@ def natural_sorted(keys: Iterable[str], layers: Sequence[str] = ()) -> list[str]
 
 def summary_line(results: dict[str, Any], *, limit: int = 300, layers: Sequence[str] = (),
                  more: str = "") -> str:
-    """The numbers of `results` as one line of `key=value` entries in natural order, at most
+    """The numbers of `results` (with `seeds:`, their intervals over the seeds; not each seed's) as
+    one line of `key=value` entries in natural order, at most
     `limit` characters: entries that do not fit are dropped whole and counted ("and 12 more").
     `more` says where the rest is (e.g. the report's path)."""
-    flat = dict(flatten(results, intervals=True))
+    flat = dict(flatten({k: v for k, v in results.items() if k not in ("per_seed", "provenance", "seeds")},
+                        intervals=True))
     entries = [f"{k}={fmt(flat[k])}" for k in natural_sorted(flat, layers)
                if (isinstance(flat[k], (int, float)) and not isinstance(flat[k], bool)) or _is_interval(flat[k])]
     shown: list[str] = []
