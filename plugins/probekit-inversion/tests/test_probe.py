@@ -220,3 +220,40 @@ def test_batch_size_auto_per_module_is_kept_for_resume(tmp_path, monkeypatch):
     probekit.run(spec, tmp_path / "r", resume=True)
     log = (tmp_path / "r" / "log.txt").read_text()
     assert f"batch_size auto (inverse 2->input): {near_input}, as chosen before" in log
+
+
+def test_seeds_give_intervals_on_the_depth_figure(tmp_path):
+    spec = {**cnn_spec(layers=["2", "9"], epochs=1), "seeds": [0, 1]}
+    results = probekit.run(spec, tmp_path / "s")
+    rows = read_rows(tmp_path / "s" / "results.csv")
+    combined = [r for r in rows if r["seed"] == "all"]
+    assert {"value", "value_std", "value_ci95", "n"} <= set(rows[0])
+    direct = {r["layer"]: r for r in combined if r["inverse"] == "direct" and r["metric"] == "mse"}
+    for layer in ("2", "9"):
+        per_seed = [float(r["value"]) for r in rows if r["seed"] in ("0", "1") and r["layer"] == layer
+                    and r["inverse"] == "direct" and r["metric"] == "mse"]
+        assert float(direct[layer]["value"]) == pytest.approx(sum(per_seed) / 2)
+        assert direct[layer]["n"] == "2"
+    assert results["aggregate"]["direct"]["mse"]["9"]["n"] == 2
+    assert (tmp_path / "s" / "figures" / "error_vs_depth.png").stat().st_size > 1000
+    assert (tmp_path / "s" / "figures" / "reconstructions.png").exists()
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert "Feature inversion over seeds" in report and "Finding: direct mse from `9`" in report
+
+
+def test_pick_images_finds_every_class_of_a_class_sorted_test_split():
+    class Rows:  # the FeatureSet interface pick_images reads
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return len(self.y)
+
+        def batch(self, idx, names):
+            return {"input": self.x[idx], "labels": self.y[idx]}
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(10).repeat_interleave(100)  # sorted by class, as mnist5k is
+    x = torch.rand(1000, 1, 4, 4, generator=g)
+    rows = InversionProbe(layers=["a"]).pick_images(Rows(x, y), 12)
+    assert sorted(y[rows[:10]].tolist()) == list(range(10)) and len(set(rows)) == 12

@@ -589,20 +589,24 @@ class InversionProbe(Probe):
         return (total / len(feats)).float()
 
     def pick_images(self, test: Any, k: int) -> list[int]:
-        """Test rows to show: the first of each class, then the rows farthest from those chosen."""
-        rows = torch.arange(min(len(test), SHOW_POOL))
-        batch = test.batch(rows, names=["input", "labels"])
-        x, labels = batch["input"].flatten(1).float(), batch["labels"].reshape(len(rows), -1)[:, 0]
+        """Test rows to show: the first of each class, then the rows farthest from those chosen.
+
+        Classes are looked up over the whole test split (data sets may be sorted by class); the
+        farthest rows are searched among `SHOW_POOL` rows spread evenly over it.
+        """
+        n = len(test)
+        labels = test.batch(torch.arange(n), names=["labels"])["labels"].reshape(n, -1)[:, 0]
         chosen: list[int] = []
         for label in dict.fromkeys(labels.tolist()):
             if len(chosen) < k:
                 chosen.append(int((labels == label).nonzero()[0]))
-        if not chosen:
-            chosen = [0]
-        dist = torch.cdist(x, x[chosen]).min(1).values
-        while len(chosen) < min(k, len(rows)):
+        pool = sorted(set(torch.linspace(0, n - 1, min(n, SHOW_POOL)).round().long().tolist()) | set(chosen))
+        x = test.batch(torch.tensor(pool), names=["input"])["input"].flatten(1).float()
+        at = {row: i for i, row in enumerate(pool)}
+        dist = torch.cdist(x, x[[at[c] for c in chosen]]).min(1).values
+        while len(chosen) < min(k, n):
             nxt = int(dist.argmax())
-            chosen.append(nxt)
+            chosen.append(pool[nxt])
             dist = torch.minimum(dist, torch.cdist(x, x[nxt : nxt + 1])[:, 0])
         return chosen
 
