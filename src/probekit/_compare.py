@@ -354,8 +354,10 @@ def _figure(runs: list[RunResults], path: str) -> str | None:
         ax.set_ylabel(metric)
         ax.set_title(metric)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(runs), 2), fontsize=8,
+               frameon=False)  # below the panels: never over a curve
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
