@@ -200,16 +200,16 @@ def measure(args: argparse.Namespace, depth: int) -> tuple[int, float, float, bo
         t0, c0 = time.perf_counter(), time.process_time()
         e2e_final: dict[str, float] = {}
         e2e_deepest = None
-        for depth in range(1, len(names) + 1):
-            chain = InverseChain([fresh(i, f"e2e {depth}") for i in range(depth)])
+        for chain_depth in range(1, len(names) + 1):
+            chain = InverseChain([fresh(i, f"e2e {chain_depth}") for i in range(chain_depth)])
             opt = torch.optim.Adam(chain.parameters(), lr=1e-3)
-            name = names[depth - 1]
+            name = names[chain_depth - 1]
             for e in range(epochs):
-                g = torch.Generator().manual_seed(epoch_seed(args.seed, e, f"e2e {depth}"))
+                g = torch.Generator().manual_seed(epoch_seed(args.seed, e, f"e2e {chain_depth}"))
                 total, count = 0.0, 0
                 for idx in batches_of(len(images), bs, g):
                     b = feats.batch(idx, names=[name, "input"])
-                    loss = F.mse_loss(chain.reconstruct(b[name], depth), b["input"]) / var["input"]
+                    loss = F.mse_loss(chain.reconstruct(b[name], chain_depth), b["input"]) / var["input"]
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
