@@ -62,6 +62,11 @@ def luminance(images: torch.Tensor) -> torch.Tensor:
 MIN_TRAIN, MIN_TEST = 2, 1
 
 
+#: Part of every cache key that depends on the data: bumped when the rows a split holds, or their order, change
+#: (`shuffled`: since splits stopped being sorted back into the source's order).
+SPLIT_VERSION = "shuffled"
+
+
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A deterministic shuffled train/test split of `range(n)`, each part in shuffled order.
 

@@ -28,7 +28,7 @@ def train_classifier(run: RunContext, adapter: ModelAdapter) -> dict[str, float]
 
     from probekit._batchsize import resolve_batch_size
     from probekit._checkpoint import atomic_open, write_json
-    from probekit._data import build_data
+    from probekit._data import SPLIT_VERSION, build_data
     from probekit._distributed import rank_batches
     from probekit._spec import DataSpec
     from probekit._training import Trainer
@@ -37,7 +37,8 @@ def train_classifier(run: RunContext, adapter: ModelAdapter) -> dict[str, float]
     if opts.data is not None:
         section = DataSpec.model_validate(opts.data)
         bundle = build_data(run, section, run.options["model.train.data"])
-        data_id = {"type": section.type, "options": run.options["model.train.data"], "limit": section.limit}
+        data_id = {"type": section.type, "options": run.options["model.train.data"], "limit": section.limit,
+                   "split": SPLIT_VERSION}
     else:
         bundle = run.data
         data_id = run.data_fingerprint()

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from probekit import _checkpoint as ckpt
 from probekit._adapter import ModelAdapter, check_probe_layers
 from probekit._cache import FeatureCache, FeatureSet, cache_key, default_cache_dir
-from probekit._data import DataBundle, build_data
+from probekit._data import SPLIT_VERSION, DataBundle, build_data
 from probekit._errors import RunError, SpecError
 from probekit._logging import route_to_run, unroute
 from probekit._metric import Metric
@@ -203,7 +203,7 @@ class Run:
         """What identifies the run's data (source, options, limits, seed): part of cache keys."""
         d = self.spec.data
         return {"type": d.type, "options": self.options.get("data", {}), "limit": d.limit,
-                "test_limit": d.test_limit, "seed": self.data_seed} if d else {}
+                "test_limit": d.test_limit, "seed": self.data_seed, "split": SPLIT_VERSION} if d else {}
 
     # -- outputs ---------------------------------------------------------------------
     def path(self, relative: str) -> Path:
