@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -84,9 +85,9 @@ def test_tiny_run_end_to_end(tmp_path):
     assert [by[BASELINE, n] for n in (2, 4, 6, 12)] == pytest.approx([baseline] * 4)
     assert metrics["ratio_to_baseline_train_range"]["mamba"] == pytest.approx(in_range / baseline)
     # findings compare intervals; with one seed they say so
-    assert set(metrics["findings"]) == {"mamba_rises_beyond", "mamba-length-adaptive_rises_beyond",
-                                        "transformer_rises_beyond", "adaptive_vs_mamba_in_range"}
-    assert all(text.endswith("(one seed: not tested)") for text in metrics["findings"].values())
+    rises = {"mamba_rises_beyond", "mamba-length-adaptive_rises_beyond", "transformer_rises_beyond"}
+    assert set(metrics["findings"]) == {*rises, *(f"{k}_log" for k in rises), "adaptive_vs_mamba_in_range"}
+    assert all("(one seed: not tested)" in text for text in metrics["findings"].values())
     diff = metrics["mse_train_range"]["mamba-length-adaptive"] - metrics["mse_train_range"]["mamba"]
     assert f"by {abs(diff):.4f}" in metrics["findings"]["adaptive_vs_mamba_in_range"]
     assert set(metrics["prefix_mse_example_image"]["transformer"]) == {"1", "4", "12"}
@@ -135,6 +136,11 @@ def test_seeds_give_intervals_and_findings_that_compare_them(tmp_path):
     at6 = Interval.of([seed_rows[str(s), "mamba", 6] for s in (0, 1)])
     expected = compare(at12, at6, a_name="`mamba` at L=12", b_name="at L=6", digits=4).text
     assert expected in report and "n=2 vs 2" in expected
+    # ... and on a log scale: the intervals of ln MSE, with the factor between the geometric means
+    logs12 = Interval.of([math.log(seed_rows[str(s), "mamba", 12]) for s in (0, 1)])
+    logs6 = Interval.of([math.log(seed_rows[str(s), "mamba", 6]) for s in (0, 1)])
+    log_text = compare(logs12, logs6, a_name="ln MSE of `mamba` at L=12", b_name="at L=6", digits=3).text
+    assert f"{log_text}; a factor of {math.exp(logs12.mean - logs6.mean):.2f}" in report
     assert "over 2 seeds (0, 1)" in report
     # figures: the combined curve, and the first seed's prefix reconstructions
     assert (out / "figures" / "error_vs_length.png").stat().st_size > 5000

@@ -314,7 +314,9 @@ class LengthGeneralizationProbe(Probe):
         }
         curves = {v: {n: Interval.of([mse[v][n]]) for n in lengths} for v in mse}
         in_range = {v: Interval.of([x]) for v, x in train_range.items() if x is not None}
-        summary = _Summary(curves, in_range, Interval.of([baseline]), lengths, (a, b), n_seeds=1)
+        log_curves = {v: {n: Interval.of([math.log(mse[v][n])]) for n in lengths} for v in mse}
+        summary = _Summary(curves, in_range, Interval.of([baseline]), lengths, (a, b), n_seeds=1,
+                           log_curves=log_curves)
         findings = summary.findings()
         results["findings"] = {k: f.text for k, f in findings.items()}
         for message in summary.baseline_warnings():
@@ -337,8 +339,11 @@ class LengthGeneralizationProbe(Probe):
         in_range = {v: results.interval("mse_train_range", v) for v in variants
                     if isinstance(results.aggregate.get("mse_train_range", {}).get(v), Interval)}
         a, b = o.train_lengths
+        log_curves = {v: {n: Interval.of([math.log(r["mse"]) for r in table.rows
+                                          if r["variant"] == v and int(r["length"]) == n and r["mse"]])
+                          for n in lengths} for v in variants}
         summary = _Summary(curves, in_range, results.interval("mse_mean_image_baseline"), lengths, (a, b),
-                           n_seeds=len(results.seeds))
+                           n_seeds=len(results.seeds), log_curves=log_curves)
         findings = summary.findings()
         for message in summary.baseline_warnings():
             run.warn(message)
@@ -487,6 +492,9 @@ _FINDING_TITLES = {
     "mamba_rises_beyond": "plain Mamba beyond its training lengths (longest evaluated vs longest trained)",
     "mamba-length-adaptive_rises_beyond": "length-adaptive Mamba beyond its training lengths",
     "transformer_rises_beyond": "transformer beyond its training lengths",
+    "mamba_rises_beyond_log": "plain Mamba beyond its training lengths, on a log scale (ratio of geometric means)",
+    "mamba-length-adaptive_rises_beyond_log": "length-adaptive Mamba beyond its training lengths, on a log scale",
+    "transformer_rises_beyond_log": "transformer beyond its training lengths, on a log scale",
     "adaptive_vs_mamba_in_range": "length-adaptive vs plain Mamba, mean MSE over the training lengths",
 }
 
@@ -496,13 +504,17 @@ class _Summary:
     an `Interval` of the MSE, per variant the mean over the training lengths, and the baseline."""
 
     def __init__(self, curves: dict[str, dict[int, Interval]], in_range: dict[str, Interval], baseline: Interval,
-                 lengths: list[int], train_lengths: tuple[int, int], n_seeds: int):
+                 lengths: list[int], train_lengths: tuple[int, int], n_seeds: int,
+                 log_curves: dict[str, dict[int, Interval]] | None = None):
         self.curves, self.in_range, self.baseline = curves, in_range, baseline
+        self.log_curves = log_curves or {}
         self.lengths, self.train_lengths, self.n_seeds = lengths, train_lengths, n_seeds
 
     def findings(self) -> dict[str, Finding]:
-        """Each variant's error at the longest evaluated length against that at the longest training length;
-        the length-adaptive variant's mean over the training lengths against plain Mamba's."""
+        """Each variant's error at the longest evaluated length against that at the longest training length,
+        on the MSE and on its logarithm (errors of different seeds can rise by different factors: the log
+        compares the factors); the length-adaptive variant's mean over the training lengths against plain
+        Mamba's."""
         b, top = self.train_lengths[1], self.lengths[-1]
         out: dict[str, Finding] = {}
         if top > b:
@@ -510,6 +522,12 @@ class _Summary:
                 key = "mamba_rises_beyond" if v == "mamba" else f"{v}_rises_beyond"
                 out[key] = compare(curve[top], curve[b], a_name=f"`{v}` at L={top}", b_name=f"at L={b}",
                                    digits=4)
+                logs = self.log_curves.get(v)
+                if logs:  # the same on a log scale: the ratio of the geometric means over seeds
+                    f = compare(logs[top], logs[b], a_name=f"ln MSE of `{v}` at L={top}", b_name=f"at L={b}",
+                                digits=3)
+                    out[f"{key}_log"] = Finding(f"{f.text}; a factor of {math.exp(f.difference):.2f}", f.difference,
+                                                f.effect_size, f.separated, f.tested)
         if "mamba" in self.in_range and "mamba-length-adaptive" in self.in_range:
             out["adaptive_vs_mamba_in_range"] = compare(
                 self.in_range["mamba-length-adaptive"], self.in_range["mamba"],
