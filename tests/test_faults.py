@@ -33,7 +33,7 @@ SPEC = {
     "name": "tiny", "seed": 0, "device": "cpu",
     "model": {"type": "module", "factory": "probekit.testing:mlp", "kwargs": {"in_features": 64, "hidden": 32}},
     "data": {"type": "digits", "limit": 300, "test_limit": 100},
-    "probe": {"type": "linear", "layers": ["2"], "epochs": 2},
+    "probe": {"type": "linear", "layers": ["2"], "C": 1.0, "max_iter": 200},
     "metrics": ["accuracy"],
 }
 
@@ -82,7 +82,7 @@ SPEC_FILES = {
     "a number": (lambda p: p.write_text("3\n"), ["must be a mapping"]),
     "bad yaml": (lambda p: p.write_text("probe: {type: linear\n"), ["invalid YAML", "line"]),
     "tabs": (lambda p: p.write_text("probe:\n\ttype: linear\n"), ["invalid YAML"]),
-    "empty": (lambda p: p.write_text(""), ["probe", "required"]),
+    "empty": (lambda p: p.write_text(""), ["empty"]),
     "unknown key": (lambda p: p.write_text(yaml.safe_dump({**SPEC, "colour": "red"})), ["colour", "unknown key"]),
 }
 

@@ -41,7 +41,7 @@ def test_two_providers_of_one_name_leave_the_second_broken_naming_both(pm):
             register("module", "x:y")
 
     pm.register(Dup(), name="dup-plugin")
-    assert pm.names("models") == ["module"]
+    assert "module" in pm.names("models")
     assert pm.get("models", "module").provider == "probekit.builtin.models"
     error = next(i.error for i in pm.plugin_infos() if i.name == "dup-plugin")
     assert "probekit.builtin.models" in error and "dup-plugin" in error
