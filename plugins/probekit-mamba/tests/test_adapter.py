@@ -36,7 +36,7 @@ def test_registered_with_import_strings_only():
     assert model.factory == "probekit_mamba._adapter:MambaAdapter"
     assert probe.factory == "probekit_mamba._lengthgen:LengthGeneralizationProbe"
     assert probe.options == "probekit_mamba._lengthgen_options:LengthGenOptions"
-    assert probe.meta == {"needs_model": False}
+    assert probe.meta == {"needs_model": False, "computes": ["mse"], "accepts_metrics": []}
     assert "study 3" in probe.description
     # listing plugins imports neither torch nor transformers nor the probe's modules
     code = ("import sys; from probekit import get_plugin_manager; pm = get_plugin_manager(); "

@@ -149,7 +149,7 @@ def test_seeds_give_intervals_and_findings_that_compare_them(tmp_path):
 
 
 def test_training_reduces_the_loss(tmp_path):
-    spec = tiny_spec(epochs=4, steps_per_epoch=6, lr=1e-2, eval_lengths=[4], prefix_lengths=[4])
+    spec = tiny_spec(epochs=4, steps_per_epoch=12, lr=1e-2, eval_lengths=[4], prefix_lengths=[4])
     run = prepare(load_spec(spec), tmp_path / "r")
     execute(run)
     for variant in ("mamba", "transformer"):
