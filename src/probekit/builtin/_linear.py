@@ -101,6 +101,8 @@ def fit_logistic(rows: _Rows, num_classes: int, C: float, *, tol: float, max_ite
     means that entry is at most `tol`. L-BFGS is restarted from where it stopped (e.g. when the loss no
     longer changes in floating point) until it converges or has run `max_iter` iterations in all.
     """
+    from probekit._training import StopRequested, stop_requested
+
     dim = len(rows.mean)
     clf = nn.Linear(dim, num_classes).to(rows.device, torch.float64)
     with torch.no_grad():
@@ -113,6 +115,8 @@ def fit_logistic(rows: _Rows, num_classes: int, C: float, *, tol: float, max_ite
     reg = 1.0 / (C * n)
 
     def closure() -> torch.Tensor:
+        if stop_requested():  # SIGTERM: the layers fitted so far are checkpointed; --resume fits the rest
+            raise StopRequested("stopped on request while fitting the linear probe; continue with --resume")
         clf.zero_grad(set_to_none=False)
         total = torch.zeros((), device=rows.device, dtype=torch.float64)
         for x, y in rows.chunks():  # the full-batch loss and gradient, accumulated over chunks
