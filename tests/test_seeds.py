@@ -87,6 +87,7 @@ def test_seeds_must_differ_and_can_be_set_on_the_command_line(digits_spec):
 def test_a_run_over_seeds_writes_seed_runs_and_combined_tables(tmp_path, digits_spec):
     spec = digits_spec()
     spec["model"]["train"]["epochs"] = 1
+    spec["probe"]["layers"] = ["5", "9", "11"]  # depth order, not the text order of metrics.json's keys
     spec["seeds"] = [3, 4]
     out = tmp_path / "run"
     results = probekit.run(spec, out)
@@ -117,6 +118,13 @@ def test_a_run_over_seeds_writes_seed_runs_and_combined_tables(tmp_path, digits_
     again = probekit.aggregate_seeds(out)
     assert (out / "results.csv").read_text() == first
     assert again.interval("accuracy", "9").mean == pytest.approx(np.mean(acc))
+    # the combined report and figure: the probe's summarize, layers in depth order, intervals, findings
+    assert (out / "figures" / "accuracy_vs_depth.png").exists()
+    report = (out / "report.md").read_text()
+    section = report.split("## Linear probe")[1]
+    assert section.index("| `5` |") < section.index("| `9` |") < section.index("| `11` |")
+    assert "mean ± half-width of the 95 % interval over seeds" in section and "n=2" in section
+    assert "95 % intervals" in section  # the findings compare intervals
     # --resume keeps the finished seeds
     probekit.run(spec, out, resume=True)
     log = (out / "log.txt").read_text().split("(resumed)")[-1]

@@ -553,6 +553,13 @@ def _execute_seeds(run: Run) -> dict[str, Any]:
         summarize = getattr(run.probe, "summarize", None)
         if main and summarize is not None:
             summarize(run, combined)
+        trained = combined.aggregate.get("model_train") if isinstance(combined.aggregate, dict) else None
+        if isinstance(trained, dict) and all(hasattr(trained.get(k), "format") for k in
+                                             ("train_accuracy", "test_accuracy")):
+            run.report_sections.insert(0, ("Model training", (
+                f"The model was trained as a classifier (`model.train`) once per seed before probing: train "
+                f"accuracy {trained['train_accuracy'].format()}, test accuracy {trained['test_accuracy'].format()} "
+                f"(mean ± half-width of the 95 % interval over seeds).")))
         results = combined.metrics_json()
         run.timings["total"] = time.time() - start
         if main:

@@ -361,7 +361,8 @@ class LinearProbe(Probe):
         """Accuracy vs depth with 95 % intervals over seeds, findings and baseline warnings."""
         table = results.table("results.csv")
         first = results.metrics[results.seeds[0]]
-        names = list(first["accuracy"])
+        # depth order: the order of results.csv's rows (metrics.json's keys are sorted as text)
+        names = list(dict.fromkeys(r["layer"] for r in table.summary if r["metric"] == "accuracy"))
         test = {n: table.interval("value", layer=n, metric="accuracy") for n in names}
         train = {n: table.interval("value", layer=n, metric="train_accuracy") for n in names}
         chance = table.interval("value", layer="baseline", metric="chance_accuracy")
@@ -421,10 +422,10 @@ def _report(run: RunContext, names: list[str], test: dict[str, Interval], train:
     if len(ranked) > 1:
         findings.append("- " + compare(test[best], test[ranked[1]], a_name=f"`{best}`",
                                        b_name=f"`{ranked[1]}` (second best)").text)
-    if len(names) > 1 and names[-1] != best:
+    if len(names) > 1 and names[-1] not in (best, ranked[1]):
         findings.append("- " + compare(test[best], test[names[-1]], a_name=f"`{best}`",
                                        b_name=f"`{names[-1]}` (last probed)").text)
-    if len(names) > 1 and names[0] not in (best,):
+    if len(names) > 1 and names[0] not in (best, ranked[1]):
         findings.append("- " + compare(test[best], test[names[0]], a_name=f"`{best}`",
                                        b_name=f"`{names[0]}` (first probed)").text)
     for k in names:
