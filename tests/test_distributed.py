@@ -78,6 +78,9 @@ def test_examples_with_two_processes_match_one_process(tmp_path, example):
     two = dict(_flat(_example(tmp_path, example, "two", overrides, "--nproc", "2")))
     assert one.keys() == two.keys() and len(one) > 5
     for k in one:
+        if "readout_accuracy" in k:  # a classifier refit on the codes: DDP's float sums may flip one test digit
+            assert abs(one[k] - two[k]) <= 0.0015, (k, one[k], two[k])
+            continue
         assert abs(one[k] - two[k]) <= 1e-5 * max(abs(one[k]), 1e-3), (k, one[k], two[k])
 
 
