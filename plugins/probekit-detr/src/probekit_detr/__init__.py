@@ -12,8 +12,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 import probekit_core.required  # noqa: F401  (first: stops with a clear message if `probekit` is not ours)
-from probekit import ExistingPath, Options
-from probekit.hookspecs import hookimpl
+from probekit import ExistingPath, Options, hookimpl
 
 __version__ = "0.1.0"  # the one place of the version (pyproject.toml reads it)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import probekit_core.required  # noqa: F401  (first: stops with a clear message if `probekit` is not ours)
-from probekit.hookspecs import hookimpl
+from probekit import hookimpl
 from probekit_perturb.options import (
     AttributionMetricOptions,
     CKAOptions,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import probekit_core.required  # noqa: F401  (first: stops with a clear message if `probekit` is not ours)
-from probekit.hookspecs import hookimpl
+from probekit import hookimpl
 from probekit_tradeoff.options import FAMILIES, EncoderOptions, TradeoffOptions
 
 __version__ = "0.1.0"  # the one place of the version (pyproject.toml reads it)
