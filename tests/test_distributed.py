@@ -53,7 +53,13 @@ EXAMPLES = {
     "tradeoff-mnist": ("probekit_tradeoff", ["probe.latents=[2,16]", "probe.lambdas=[0,1]", "probe.epochs=2",
                                              "data.limit=1000", "seeds=[0]"]),  # one seed: no std/ci95 to
     # compare (a difference of nearly equal numbers, whose relative error DDP's float sums amplify)
-    "vit-inversion": ("probekit_inversion", ["probe.epochs=2", "model.train.epochs=2", "data.n=256", "threads=1"]),
+    # a short model.train (1 epoch on 512 digits) keeps DDP's float sums from diverging: a ViT on its loss plateau
+    # is chaotic (2 epochs on 4,000 digits: test accuracy 0.345 with one process, 0.326 with two). Its head's
+    # logits are then near constant, and standardised they turn the last bits into a 3 % difference in the
+    # head's inverse, so the head is left out here; the other 160 numbers agree within 1e-5.
+    "vit-inversion": ("probekit_inversion", ["probe.epochs=2", "model.train.epochs=1", "model.train.data.limit=512",
+                                            "probe.layers=[embed,block.1,block.3,block.5]", "data.limit=256",
+                                            "data.test_fraction=0.5", "seeds=[0]", "threads=1"]),
     "mamba-length": ("probekit_mamba", ["probe.epochs=1", "probe.steps_per_epoch=6", "probe.eval_images=32",
                                         "probe.variants=[mamba,transformer]", "probe.eval_lengths=[8,16]",
                                         "probe.prefix_lengths=[4]", "data.limit=512"]),
