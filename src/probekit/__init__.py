@@ -31,7 +31,16 @@ if TYPE_CHECKING:
     from probekit._batchsize import BatchSizeOption, resolve_batch_size
     from probekit._cache import FeatureCache, FeatureSet, cache_key
     from probekit._capture import CapturePoint, capture
-    from probekit._checkpoint import atomic_open, load_state_dict, write_json
+    from probekit._checkpoint import (
+        CorruptCheckpointError,
+        atomic_open,
+        load_safetensors,
+        load_state_dict,
+        read_checked_json,
+        save_safetensors,
+        write_checked_json,
+        write_json,
+    )
     from probekit._checkpoint import load as load_checkpoint
     from probekit._checkpoint import save as save_checkpoint
     from probekit._color import hsv_to_rgb, rgb_to_hsv
@@ -113,6 +122,10 @@ _LAZY: dict[str, tuple[str, str]] = {
     "atomic_open": ("_checkpoint", "atomic_open"), "write_json": ("_checkpoint", "write_json"),
     "save_checkpoint": ("_checkpoint", "save"), "load_checkpoint": ("_checkpoint", "load"),
     "load_state_dict": ("_checkpoint", "load_state_dict"),
+    "write_checked_json": ("_checkpoint", "write_checked_json"),
+    "read_checked_json": ("_checkpoint", "read_checked_json"),
+    "save_safetensors": ("_checkpoint", "save_safetensors"), "load_safetensors": ("_checkpoint", "load_safetensors"),
+    "CorruptCheckpointError": ("_checkpoint", "CorruptCheckpointError"),
     "load_hf_config": ("_hf", "load_config"),
     # several processes
     "group_size": ("_distributed", "group_size"), "spread": ("_distributed", "spread"),
@@ -120,16 +133,17 @@ _LAZY: dict[str, tuple[str, str]] = {
 }
 
 __all__ = [
-    "BATCH_SIZE_HELP", "BatchSize", "BatchSizeOption", "CapturePoint", "DataBundle", "DataInfo", "ExistingPath",
-    "FeatureCache", "FeatureSet", "Finding", "FolderDataset", "Interval", "KINDS", "Layer", "LoadedSpec", "Metric",
-    "ModelAdapter", "Options", "PIL_INTERPOLATION", "PluginManager", "Probe", "ProbekitError", "RunContext",
-    "RunError", "Section", "SeedResults", "SeedTable", "SpecError", "SpecPath", "TensorImageDataset", "Trainer",
-    "__version__", "aggregate_seeds", "all_gather", "alone", "atomic_open", "baseline_warning", "batches_of",
-    "cache_key", "capture", "compare", "create_dataset", "create_metric", "create_model", "create_perturbation",
-    "create_probe", "did_you_mean", "epoch_seed", "get_plugin_manager", "group_size", "hookimpl", "hsv_to_rgb",
-    "json_schema", "load_checkpoint", "load_hf_config", "load_spec", "load_state_dict", "luminance", "rank_batches",
-    "resolve_batch_size", "rgb_to_hsv", "run", "save_checkpoint", "spec_error_from_validation", "spread",
-    "tune_allocator", "write_json",
+    "BATCH_SIZE_HELP", "BatchSize", "BatchSizeOption", "CapturePoint", "CorruptCheckpointError", "DataBundle",
+    "DataInfo", "ExistingPath", "FeatureCache", "FeatureSet", "Finding", "FolderDataset", "Interval", "KINDS",
+    "Layer", "LoadedSpec", "Metric", "ModelAdapter", "Options", "PIL_INTERPOLATION", "PluginManager", "Probe",
+    "ProbekitError", "RunContext", "RunError", "Section", "SeedResults", "SeedTable", "SpecError", "SpecPath",
+    "TensorImageDataset", "Trainer", "__version__", "aggregate_seeds", "all_gather", "alone", "atomic_open",
+    "baseline_warning", "batches_of", "cache_key", "capture", "compare", "create_dataset", "create_metric",
+    "create_model", "create_perturbation", "create_probe", "did_you_mean", "epoch_seed", "get_plugin_manager",
+    "group_size", "hookimpl", "hsv_to_rgb", "json_schema", "load_checkpoint", "load_hf_config", "load_safetensors",
+    "load_spec", "load_state_dict", "luminance", "rank_batches", "read_checked_json", "resolve_batch_size",
+    "rgb_to_hsv", "run", "save_checkpoint", "save_safetensors", "spec_error_from_validation", "spread",
+    "tune_allocator", "write_checked_json", "write_json",
 ]
 
 

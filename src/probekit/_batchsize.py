@@ -251,7 +251,7 @@ def resolve_batch_size(run: RunContext, tag: str, requested: BatchSizeOption, lo
     size: int | None = None
     if distributed.is_main():
         path = _record_path(run, tag)
-        record = _read_record(path, tag)
+        record = _read_record(run, path, tag)
         if record is not None:
             size = int(record["batch_size"])
             run.log(f"batch_size auto ({tag}): {size}, as chosen before and kept in checkpoints/{path.name} "
@@ -266,16 +266,19 @@ def resolve_batch_size(run: RunContext, tag: str, requested: BatchSizeOption, lo
     return size
 
 
-def _read_record(path: Any, tag: str) -> dict[str, Any] | None:
-    import json
+def _read_record(run: RunContext, path: Any, tag: str) -> dict[str, Any] | None:
+    """The record of an earlier search for `tag`, or None (none yet; a damaged one is logged and the
+    size searched again, which overwrites it)."""
+    from probekit import _checkpoint as ckpt
 
     try:
-        record = json.loads(path.read_text())
+        record = ckpt.read_checked_json(path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        return None  # unreadable: search again (and overwrite it)
-    if not isinstance(record, dict) or record.get("tag") != tag or not isinstance(record.get("batch_size"), int):
+    except ckpt.CorruptCheckpointError as exc:
+        run.log(f"batch_size auto ({tag}): {exc}; searching again")
+        return None
+    if record.get("tag") != tag or not isinstance(record.get("batch_size"), int):
         return None
     return record
 
@@ -299,7 +302,7 @@ def _search(run: RunContext, tag: str, loss: Loss | Sequence[Loss], *, modules: 
     size = min(per_process * world, maximum)
     if world > 1:
         reason = f"{per_process} per process x {world} processes; per process: {reason}"
-    ckpt.write_json(path, {"tag": tag, "batch_size": size, "per_process": per_process, "world_size": world,
+    ckpt.write_checked_json(path, {"tag": tag, "batch_size": size, "per_process": per_process, "world_size": world,
                            "device": str(device), "maximum": maximum, "reason": reason})
     run.log(f"batch_size auto ({tag}): {size} ({reason})")
     return size

@@ -3,7 +3,10 @@
 Every write goes through `atomic_open`, which refuses paths outside the run directory (and the
 cache) and symbolic links inside it (see `probekit._files`). Checkpoints written by `save` end
 with a line `PROBEKIT-SHA256:<hex>` over the bytes before it (torch.load ignores trailing bytes);
-`load` checks it, so a damaged checkpoint is detected instead of loaded.
+`load` checks it, so a damaged checkpoint is detected instead of loaded. JSON checkpoints
+(`write_checked_json`) carry a `"checksum"` key and safetensors files (`save_safetensors`) a
+`probekit-sha256` metadata entry, checked by `read_checked_json` and `load_safetensors`; both stay
+ordinary files that any JSON or safetensors reader opens.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -168,6 +171,122 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
 class CorruptCheckpointError(RunError):
     """A checkpoint file exists but is damaged or cannot be read (a `RunError`: exit 1 naming the file
     when the code that reads it does not recompute it)."""
+
+
+# -- checked JSON -------------------------------------------------------------------------------------
+_JSON_CHECKSUM = "checksum"
+
+
+def _json_digest(body: Any) -> str:
+    """SHA-256 of the canonical form of `body` (sorted keys, no spaces) as JSON reads it back: key
+    types, tuples and tensors are normalised first, so that writer and reader agree."""
+    canonical = json.loads(json.dumps(body, default=_json_default))
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_checked_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
+    """Write the mapping `data` as JSON with a `"checksum"` key (the SHA-256 of the rest), atomically.
+
+    The file stays ordinary, readable JSON; `read_checked_json` checks it. `data` must not have a
+    `"checksum"` key of its own.
+    """
+    if _JSON_CHECKSUM in data:
+        raise ValueError(f"write_checked_json: the data has a '{_JSON_CHECKSUM}' key of its own")
+    write_json(path, {**data, _JSON_CHECKSUM: _json_digest(dict(data))})
+
+
+def read_checked_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a file written by `write_checked_json`; return its mapping without the checksum.
+
+    A file that cannot be read or parsed, holds no checksum (it was written by something else, or
+    the damage hit the key) or does not match it raises `CorruptCheckpointError` naming the file;
+    a missing file raises `FileNotFoundError`.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
+                                     "delete it to recompute") from None
+    if not isinstance(data, dict) or not isinstance(data.get(_JSON_CHECKSUM), str):
+        raise CorruptCheckpointError(f"checkpoint {path} has no checksum (the file is damaged or was not "
+                                     "written by write_checked_json)")
+    expected = data.pop(_JSON_CHECKSUM)
+    if _json_digest(data) != expected:
+        raise CorruptCheckpointError(f"checkpoint {path} does not match its checksum (the file is damaged)")
+    return data
+
+
+# -- checked safetensors ------------------------------------------------------------------------------
+_SAFETENSORS_CHECKSUM = "probekit-sha256"
+
+
+def _safetensors_digest(data: bytes, name: str) -> tuple[str, str | None]:
+    """(SHA-256 of the file's header, less the checksum entry, in canonical form plus its tensor
+    bytes; the checksum stored in its metadata or None). An unparsable file raises
+    `CorruptCheckpointError`."""
+    try:
+        if len(data) < 8:
+            raise ValueError("shorter than its header length")
+        n = int.from_bytes(data[:8], "little")
+        if n > len(data) - 8:
+            raise ValueError("header longer than the file")
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        meta = header.get("__metadata__")
+        stored = meta.pop(_SAFETENSORS_CHECKSUM, None) if isinstance(meta, dict) else None
+    except ValueError as exc:
+        raise CorruptCheckpointError(f"checkpoint {name} cannot be read ({exc}); delete it to recompute") from None
+    h = hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+    h.update(memoryview(data)[8 + n:])
+    return h.hexdigest(), stored if isinstance(stored, str) else None
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str], *,
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """Save `tensors` as a safetensors file, atomically, with a checksum in its metadata.
+
+    The file is an ordinary safetensors file (any safetensors reader loads it); its metadata holds
+    `probekit-sha256`, the SHA-256 of its header and tensor bytes, which `load_safetensors` checks.
+    Tensors are moved to the CPU and made contiguous.
+    """
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {**(metadata or {}), _SAFETENSORS_CHECKSUM: "0" * 64}
+    digest, _ = _safetensors_digest(save(state, metadata=meta), str(path))
+    data = save(state, metadata={**meta, _SAFETENSORS_CHECKSUM: digest})
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a file written by `save_safetensors`, checksum checked (tensors on the CPU).
+
+    A damaged file, or one without the checksum, raises `CorruptCheckpointError` naming the file;
+    a missing file raises `FileNotFoundError`.
+    """
+    from safetensors.torch import load
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({exc}); delete it to recompute") from exc
+    digest, stored = _safetensors_digest(data, str(path))
+    if stored is None:
+        raise CorruptCheckpointError(f"checkpoint {path} has no checksum (the file is damaged or was not "
+                                     "written by save_safetensors)")
+    if digest != stored:
+        raise CorruptCheckpointError(f"checkpoint {path} does not match its checksum (the file is damaged)")
+    try:
+        return load(data)
+    except Exception as exc:  # SafetensorError: consistent checksum, but not a file safetensors reads
+        raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({exc}); delete it to recompute") from None
 
 
 def load_state_dict(path: str | os.PathLike[str], *, spec_path: str = "model.weights") -> dict[str, torch.Tensor]:

@@ -7,8 +7,6 @@ Training checkpoints every epoch into the run directory, so a killed run resumes
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +22,9 @@ if TYPE_CHECKING:
 
 def train_classifier(run: RunContext, adapter: ModelAdapter) -> dict[str, float]:
     """Train `adapter.model` on the spec's `model.train` settings (or load the cached result)."""
-    from safetensors.torch import save as safetensors_bytes
-
+    from probekit import _distributed as distributed
     from probekit._batchsize import resolve_batch_size
-    from probekit._checkpoint import atomic_open, write_json
+    from probekit._checkpoint import save_safetensors, write_checked_json
     from probekit._data import SPLIT_VERSION, build_data
     from probekit._distributed import rank_batches
     from probekit._spec import DataSpec
@@ -47,13 +44,15 @@ def train_classifier(run: RunContext, adapter: ModelAdapter) -> dict[str, float]
     weights = folder / f"{key}.safetensors"
     record = folder / f"{key}.json"
     cached = _cached_weights(run, weights, record)
+    if distributed.world_size() > 1 and not all(distributed.all_gather(cached is not None)):
+        cached = None  # all ranks train together (collectives): e.g. one node's own cache lacked the weights
     if cached is not None:
-        adapter.model.load_state_dict({k: v.to(run.device) for k, v in cached.items()})
+        state, info = cached
+        adapter.model.load_state_dict({k: v.to(run.device) for k, v in state.items()})
         trained_with = ""
         if opts.batch_size == "auto":  # the size found when the weights were trained
-            size = json.loads(record.read_text()).get("train", {}).get("batch_size")
+            size = info.get("train", {}).get("batch_size")
             trained_with = f" (trained with batch_size auto: {size})"
-        info = json.loads(record.read_text())
         scores = _scores(info)
         run.log(f"model.train: loaded cached weights {weights}{trained_with}"
                 + (f"; {_describe(scores)}" if scores else ""))
@@ -119,13 +118,11 @@ def train_classifier(run: RunContext, adapter: ModelAdapter) -> dict[str, float]
         scores["best_epoch"] = best_epoch
     run.log(f"model.train: {_describe(scores)}")
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = safetensors_bytes(state)
-    with atomic_open(weights, "wb") as f:
-        f.write(data)
-    # the record is written last: weights without a record (a kill in between) are trained again
-    write_json(record, {"losses": losses, "val_losses": trainer.val_losses, **scores, "train": opts.model_dump(),
-                        "sha256": hashlib.sha256(data).hexdigest()})
+    save_safetensors(model.state_dict(), weights)  # with its checksum
+    # the record (checksummed too) is written last: weights without a record (a kill in between) are
+    # trained again; it holds the weights' checksum, so a record never vouches for other weights
+    write_checked_json(record, {"losses": losses, "val_losses": trainer.val_losses, **scores,
+                                "train": opts.model_dump(), "weights_sha256": _weights_checksum(weights)})
     return scores
 
 
@@ -141,25 +138,35 @@ def _describe(scores: dict[str, Any]) -> str:
     return text
 
 
-def _cached_weights(run: RunContext, weights: Path, record: Path) -> dict[str, torch.Tensor] | None:
-    """The cached weights when they are whole (their record's SHA-256 matches), else None; a damaged
-    entry is logged and removed, so that the model is trained again."""
-    from safetensors.torch import load as safetensors_load
+def _weights_checksum(weights: Path) -> str | None:
+    """The checksum `save_safetensors` put in the metadata of `weights` (None: none there)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        return (f.metadata() or {}).get("probekit-sha256")
+
+
+def _cached_weights(run: RunContext, weights: Path, record: Path
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The cached weights and their record when both are whole (checksums match) and belong together,
+    else None; a damaged entry is logged and removed, so that the model is trained again."""
+    from probekit._checkpoint import CorruptCheckpointError, load_safetensors, read_checked_json
 
     if not weights.exists():
         return None
     try:
-        expected = json.loads(record.read_text())["sha256"]
-        data = weights.read_bytes()
-        if hashlib.sha256(data).hexdigest() != expected:
-            raise ValueError("the file does not match its checksum")
-        return safetensors_load(data)
-    except Exception as exc:  # no record (killed between the writes), old record, damaged file
-        why = "it has no record of its checksum" if not record.exists() else f"{type(exc).__name__}: {exc}"
-        run.log(f"model.train: cached weights {weights} are not usable ({why}); training again")
+        if not record.exists():
+            raise CorruptCheckpointError("it has no record (the run stopped between the two writes)")
+        info = read_checked_json(record)
+        state = load_safetensors(weights)
+        if info.get("weights_sha256") != _weights_checksum(weights):
+            raise CorruptCheckpointError(f"its record {record.name} was written for other weights")
+    except (CorruptCheckpointError, OSError) as exc:  # a damaged file, a record of other weights
+        run.log(f"model.train: cached weights {weights} are not usable ({exc}); training again")
         for path in (weights, record):
             path.unlink(missing_ok=True)
         return None
+    return state, info
 
 
 def _accuracy(adapter: ModelAdapter, dataset: Any, run: RunContext) -> float:

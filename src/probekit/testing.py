@@ -121,6 +121,95 @@ def limit_memory(monkeypatch: Any, nbytes: int) -> None:
     monkeypatch.setattr("probekit._batchsize.available_memory", lambda: nbytes)
 
 
+def flip_byte(path: Any, where: float = 0.5) -> None:
+    """Flip one bit (0x40) of the byte at the fraction `where` of the file `path`, as a bad disk or a
+    bad copy does (a digit becomes a letter, a letter changes case or becomes punctuation)."""
+    from pathlib import Path
+
+    data = bytearray(Path(path).read_bytes())
+    data[min(int(len(data) * where), len(data) - 1)] ^= 0x40
+    Path(path).write_bytes(bytes(data))
+
+
+def damage_and_resume(spec: Any, finished: Any, work: Any, damage: Sequence[str], *,
+                      remove: Sequence[str] = (), where: float = 0.5) -> tuple[dict[str, Any], str, list[Any]]:
+    """Resume a copy of a finished run after flipping a byte in some of its files.
+
+    Copies the run directory `finished` to `work`, flips one byte (`flip_byte`) in every file that
+    matches a glob pattern of `damage`, deletes every file that matches one of `remove` (so that
+    the run reads the damaged ones: a finished part is not read again on resume), and resumes
+    the run there. Patterns are relative to the run directory, or absolute (e.g. into the cache).
+    Returns the resumed run's results (`probekit.run`), the lines it added to log.txt and the
+    damaged files. Fails when a pattern of `damage` matches no file.
+    """
+    import shutil
+    from pathlib import Path
+
+    from probekit._runner import run
+
+    work = Path(work)
+    shutil.copytree(finished, work, symlinks=True)
+
+    def matches(pattern: str) -> list[Path]:
+        if Path(pattern).is_absolute():
+            return sorted(Path(Path(pattern).anchor).glob(str(Path(pattern).relative_to(Path(pattern).anchor))))
+        return sorted(work.glob(pattern))
+
+    damaged = []
+    for pattern in damage:
+        found = [p for p in matches(pattern) if p.is_file()]
+        if not found:
+            raise AssertionError(f"no file matches {pattern!r} to damage")
+        for path in found:
+            flip_byte(path, where)
+        damaged += found
+    for pattern in remove:
+        for path in matches(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    before = (work / "log.txt").read_text()
+    results = run(spec, work, resume=True)
+    return results, (work / "log.txt").read_text()[len(before):], damaged
+
+
+def stop_when(spec: Any, run_dir: Any, pattern: str, timeout: float = 600) -> list[Any]:
+    """Run `spec` into `run_dir` and ask it to stop, as SIGTERM does, as soon as a file matching the glob
+    `pattern` (relative to the run directory) appears: the trainers checkpoint after their current step
+    and the run ends. Returns the matching files; fails if the run finished first."""
+    import threading
+    import time
+    from pathlib import Path
+
+    from probekit._runner import run
+    from probekit._training import StopRequested, request_stop
+
+    run_dir = Path(run_dir)
+    finished = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while not finished.is_set() and time.monotonic() < deadline:
+            if any(run_dir.glob(pattern)):
+                request_stop()
+                return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        run(spec, run_dir)
+    except StopRequested:
+        pass
+    else:
+        raise AssertionError(f"the run finished before a file matching {pattern!r} appeared")
+    finally:
+        finished.set()
+        watcher.join()
+    return sorted(run_dir.glob(pattern))
+
+
 def isolated_plugins(monkeypatch: Any, plugins: dict[str, Any]) -> Any:
     """Use a plugin manager with only the core's built-ins and `plugins` (name -> module or object)."""
     import probekit._plugins as _plugins
