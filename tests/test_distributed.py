@@ -77,10 +77,11 @@ def _example(tmp_path, example, name, overrides, *extra):
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES))
-def test_examples_with_two_processes_match_one_process(tmp_path, example):
+def test_examples_with_two_processes_match_one_process(tmp_path, request, example):
     package, overrides = EXAMPLES[example]
     pytest.importorskip(package)
-    one = dict(_flat(_example(tmp_path, example, "one", overrides)))
+    one = request.getfixturevalue("vit_one_process") if example == "vit-inversion" else \
+        dict(_flat(_example(tmp_path, example, "one", overrides)))
     two = dict(_flat(_example(tmp_path, example, "two", overrides, "--nproc", "2")))
     assert one.keys() == two.keys() and len(one) > 5
     for k in one:
@@ -88,6 +89,50 @@ def test_examples_with_two_processes_match_one_process(tmp_path, example):
             assert abs(one[k] - two[k]) <= 0.0015, (k, one[k], two[k])
             continue
         assert abs(one[k] - two[k]) <= 1e-5 * max(abs(one[k]), 1e-3), (k, one[k], two[k])
+
+
+@pytest.fixture(scope="module")
+def vit_one_process(tmp_path_factory):
+    pytest.importorskip("probekit_inversion")
+    return dict(_flat(_example(tmp_path_factory.mktemp("vit"), "vit-inversion", "one", EXAMPLES["vit-inversion"][1])))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("cache", ["shared", "per-node"])
+def test_two_nodes_through_a_rendezvous_match_one_process(tmp_path, vit_one_process, cache):
+    """Two "nodes" on this machine (two torchrun launches, one gloo process each, joined by a c10d
+    rendezvous on 127.0.0.1) sharing the run directory; the feature cache shared, or one per node."""
+    spec = Path(__file__).resolve().parents[1] / "examples" / "vit-inversion.yaml"
+    sets = [a for o in [*EXAMPLES["vit-inversion"][1], "device=cpu"] for a in ("--set", o)]
+    port, procs = _free_port(), []
+    for node in (0, 1):
+        env = {**os.environ, "PROBEKIT_CACHE": str(tmp_path / "cache")}
+        if cache == "per-node":
+            env.update(PROBEKIT_CACHE=str(tmp_path / f"cache-node{node}"), PROBEKIT_CACHE_PER_NODE="1")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}",
+             "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id=probekit-{cache}",
+             "-m", "probekit", "run", str(spec), "-o", str(tmp_path / "two"), "-q", *sets],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert sum(out.count("done:") for out, _ in outs) == 1  # global rank 0 reports, on whichever node
+    log = (tmp_path / "two" / "seeds" / "0" / "log.txt").read_text()
+    assert "2 processes" in log
+    if cache == "per-node":  # each node computed the features into its own cache
+        assert all(any((tmp_path / f"cache-node{n}" / "features").iterdir()) for n in (0, 1))
+    two = dict(_flat(read_metrics(tmp_path / "two")))
+    assert two.keys() == vit_one_process.keys() and len(two) > 5
+    for k, v in vit_one_process.items():
+        assert abs(v - two[k]) <= 1e-5 * max(abs(v), 1e-3), (k, v, two[k])
 
 
 def test_distributed_batch_sampler_shares_are_the_one_process_batches():

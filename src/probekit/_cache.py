@@ -39,6 +39,13 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def per_node() -> bool:
+    """Whether each machine of a multi-node run has its own cache (`PROBEKIT_CACHE_PER_NODE=1`, e.g. node-local
+    scratch): each process then computes a missing entry whole, alone, instead of its share of the rows
+    (the processes of one machine wait on the entry's file lock, and only one of them computes it)."""
+    return os.environ.get("PROBEKIT_CACHE_PER_NODE", "").strip().lower() in ("1", "true", "yes")
+
+
 def default_cache_dir() -> Path:
     """`$PROBEKIT_CACHE` or `~/.cache/probekit`."""
     env = os.environ.get("PROBEKIT_CACHE")
@@ -252,11 +259,12 @@ class FeatureCache:
         requested names, in dataset order. Given the number of rows `length`, a
         distributed run computes the entries on all ranks together: every rank
         calls `compute(names, rows)` for its own `range` of rows and writes
-        those shards (all ranks must call `get`).
+        those shards (all ranks must call `get`); with `per_node()` caches, each
+        rank reads or computes whole entries of its own machine's cache.
         """
         from probekit import _distributed as distributed
 
-        if length is not None and distributed.world_size() > 1:
+        if length is not None and distributed.world_size() > 1 and not per_node():
             return self._get_together(keys, compute, dtype, info or {}, length)
         result: dict[str, CachedArray] = {}
         missing = []

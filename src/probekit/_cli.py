@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     r.add_argument("--dry-run", action="store_true", help="show what the spec would do, without running")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines on stderr")
+    r.add_argument("--shard", metavar="I/N",
+                   help="run only part I of N of the spec's seeds (a job array; I from 0); the last part to "
+                        "finish combines them, or run probekit aggregate RUN_DIR")
     r.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs)")
 
@@ -73,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the JSON Schema of spec.yaml (for editor completion)")
 
+    agg = sub.add_parser("aggregate", help="combine the parts (run --shard I/N) of a run directory into its "
+                                            "results, as one run of the whole spec; names missing parts")
+    agg.add_argument("run_dir", metavar="RUN_DIR")
     rep = sub.add_parser("report", help="regenerate report.md and report.html of a run directory")
     rep.add_argument("run_dir")
 
@@ -264,7 +270,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from probekit._errors import ProbekitError, display_path
 
     prepared = runner.prepare(loaded, Path(args.output) if args.output else None, resume=args.resume,
-                              overwrite=args.overwrite, quiet=args.quiet)
+                              overwrite=args.overwrite, quiet=args.quiet, shard=args.shard)
     from probekit._training import StopRequested
 
     try:
@@ -297,6 +303,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from probekit._report import layer_order, summary_line
 
     if os.environ.get("RANK", "0") != "0":  # only rank 0 reports (the process group is gone by now)
+        return EXIT_OK
+    if prepared.shard is not None and results.get("missing"):
+        print(f"part {prepared.shard} done (seeds {results['seeds']}); still missing: {results['missing']}. The "
+              f"part that finishes last combines them, or: probekit aggregate {display_path(prepared.run_dir)}")
+        return EXIT_OK
+    if prepared.shard is not None and "missing" in results:  # another part combined them meanwhile
+        print(f"part {prepared.shard} done (seeds {results['seeds']}); all parts finished; results in "
+              f"{display_path(prepared.run_dir)}")
         return EXIT_OK
     print("done: " + summary_line(results, layers=layer_order(prepared), more=" in metrics.json"))
     print(f"report: {display_path(prepared.run_dir / 'report.html')}")
@@ -410,6 +424,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_aggregate(args: argparse.Namespace) -> int:
+    from probekit._errors import display_path
+    from probekit._report import summary_line
+    from probekit._runner import aggregate_run
+
+    results = aggregate_run(Path(args.run_dir))
+    print("done: " + summary_line(results, more=" in metrics.json"))
+    print(f"report: {display_path(Path(args.run_dir) / 'report.html')}")
+    return EXIT_OK
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from probekit._compare import compare
 
@@ -420,7 +445,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Any] = {
     "run": _cmd_run, "validate": _cmd_validate, "plugins": _cmd_plugins, "list": _cmd_list,
     "examples": _cmd_examples,
-    "schema": _cmd_schema, "report": _cmd_report, "compare": _cmd_compare,
+    "schema": _cmd_schema, "report": _cmd_report, "compare": _cmd_compare, "aggregate": _cmd_aggregate,
 }
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ MARKER = ".probekit-run"
 LOCK = ".probekit-lock"
 #: Names a run directory holds (used to recognise run directories made before the marker).
 RUN_FILES = frozenset({"spec.yaml", "metrics.json", "checkpoints", "figures", "report.md", "report.html",
-                       "report.json", "log.txt", "results.csv", MARKER, LOCK})
+                       "report.json", "log.txt", "results.csv", "seeds", "shards", MARKER, LOCK})
 
 # (root as given, made absolute; root resolved; strict): strict roots refuse symbolic links below them
 # (the run directory); the others only require the resolved path to stay inside (a cache folder may
@@ -167,8 +167,8 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 class RunLock:
     """An exclusive lock on a run directory for the run's life (``fcntl.flock`` on `.probekit-lock`)."""
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK
+    def __init__(self, run_dir: Path, name: str = LOCK):
+        self.path = run_dir / name
         self._fd: int | None = None
 
     def acquire(self) -> int | None:

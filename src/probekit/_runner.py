@@ -31,6 +31,7 @@ from probekit._logging import route_to_run, unroute
 from probekit._metric import Metric
 from probekit._plugins import get_plugin_manager
 from probekit._probe import Probe
+from probekit._shards import Shard, check_shard
 from probekit._spec import LoadedSpec, load_spec
 
 
@@ -77,6 +78,7 @@ class Run:
         self.timings: dict[str, float] = {}
         self._log_file: Any = None
         self._lock: Any = None  # the run directory's lock (rank 0), held until the run ends
+        self.shard: Shard | None = None  # --shard I/N: this process runs only that part of `seeds:`
         self._heartbeat: Any = None  # progress lines on stderr when it is not a terminal (_progress)
 
     # -- logging and progress --------------------------------------------------------
@@ -298,10 +300,12 @@ def resolved_spec_text(loaded: LoadedSpec) -> str:
 
 
 def prepare(loaded: LoadedSpec, run_dir: Path | None, *, resume: bool = False, overwrite: bool = False,
-            quiet: bool = False) -> Run:
+            quiet: bool = False, shard: Shard | str | None = None) -> Run:
     """Check and claim the run directory: refuse what is not ours, lock it, write the marker.
 
     Rank 0 of a distributed run (or the only process) owns the directory; other ranks only read it.
+    With `shard` (`"I/N"`), only that part of the spec's seeds runs, and it claims only its own part
+    of the directory (see `probekit._shards`).
     """
     import os
 
@@ -311,8 +315,19 @@ def prepare(loaded: LoadedSpec, run_dir: Path | None, *, resume: bool = False, o
     if run_dir.exists() and not run_dir.is_dir():
         raise SpecError(f"{run_dir} is a file, not a directory", path="-o",
                         fix="Give a directory for the run (it is created if it does not exist).")
+    if shard is not None:
+        shard = Shard.parse(shard) if isinstance(shard, str) else shard
+        check_shard(shard, loaded.spec.seeds)
+        if overwrite:
+            raise SpecError("--overwrite cannot be used with --shard: the parts share the run directory",
+                            path="--overwrite", fix="Delete the run directory once, before the parts start, or "
+                                                    "use a new -o RUN_DIR; --resume continues a part.")
     if os.environ.get("RANK", "0") != "0":  # rank 0 checks and claims the directory
-        return Run(loaded, run_dir, quiet=quiet, resume=resume)
+        prepared = Run(loaded, run_dir, quiet=quiet, resume=resume)
+        prepared.shard = shard
+        return prepared
+    if shard is not None:
+        return _prepare_shard(loaded, run_dir, shard, resume=resume, quiet=quiet)
     lock = files.RunLock(run_dir)
     if (run_dir / files.LOCK).is_file() and not (run_dir / files.LOCK).is_symlink():
         _claim(lock, run_dir)  # a live run is refused before anything else is said
@@ -321,6 +336,66 @@ def prepare(loaded: LoadedSpec, run_dir: Path | None, *, resume: bool = False, o
     except BaseException:
         lock.release()
         raise
+
+
+def _prepare_shard(loaded: LoadedSpec, run_dir: Path, shard: Shard, *, resume: bool, quiet: bool) -> Run:
+    """Claim part `shard` of a run directory the parts share: its own lock and seed folders only."""
+    from probekit import _files as files
+    from probekit._seeds import seed_dir
+
+    kept = [p.name for p in run_dir.iterdir() if not p.name.startswith(".probekit-lock")] \
+        if run_dir.is_dir() else []
+    if kept and not files.is_run_dir(run_dir):
+        raise SpecError(f"refusing to run a part in {run_dir}: it is not a probekit run directory (it holds "
+                        f"{', '.join(sorted(kept)[:5])})", path="-o", fix="Use another -o RUN_DIR.")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise SpecError(f"cannot create the run directory {run_dir}: a part of its path is a file", path="-o",
+                        fix="Give a directory path.") from None
+    whole = files.RunLock(run_dir)
+    if (run_dir / files.LOCK).is_file():  # a whole run of the spec going on in the same directory
+        _claim(whole, run_dir)
+        whole.release()
+    lock = files.RunLock(run_dir, shard.lock_name())
+    try:
+        holder = lock.acquire()
+        if holder is not None:
+            raise SpecError(f"part {shard} of {run_dir} is running already (process {holder})", path="--shard",
+                            fix="Wait for it to finish or stop it; each part runs once at a time.")
+        if (run_dir / "spec.yaml").exists():
+            _check_same_spec(loaded, run_dir, "--shard")
+        mine = shard.seeds(list(loaded.spec.seeds or []))
+        started = [s for s in mine if seed_dir(run_dir, s).exists()]
+        if started and not resume:
+            raise SpecError(f"part {shard} ran before in {run_dir} (seeds/{started[0]} exists)", path="--shard",
+                            fix="Pass --resume to continue it (its finished seeds are kept), or use a new "
+                                "-o RUN_DIR.")
+        for s in started:
+            files.remove_stale_temporaries(seed_dir(run_dir, s))
+        if not (run_dir / files.MARKER).is_file():
+            files.write_marker(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    prepared = Run(loaded, run_dir, quiet=quiet, resume=resume)
+    prepared._lock = lock
+    prepared.shard = shard
+    return prepared
+
+
+def _check_same_spec(loaded: LoadedSpec, run_dir: Path, option: str) -> None:
+    """Refuse to continue `run_dir` with a spec other than the one it was started with."""
+    try:
+        old = _strip_versions((run_dir / "spec.yaml").read_text())
+    except Exception as exc:  # damaged: not UTF-8, not YAML
+        raise SpecError(f"{run_dir / 'spec.yaml'} is damaged ({type(exc).__name__}); this run cannot "
+                        f"be resumed", path=option,
+                        fix="Start again with --overwrite, or use another -o RUN_DIR.") from None
+    if old != _strip_versions(resolved_spec_text(loaded)):
+        raise SpecError(f"the spec differs from the one {run_dir} was started with", path=option,
+                        fix=f"{option} continues only the same spec and --set options; to run a "
+                            "changed spec, start again with --overwrite or use another -o RUN_DIR.")
 
 
 def _claim(lock: Any, run_dir: Path) -> None:
@@ -364,16 +439,7 @@ def _prepare_locked(loaded: LoadedSpec, run_dir: Path, lock: Any, *, resume: boo
     if overwrite and not resume and kept:
         files.clear_run_dir(run_dir)
     elif resume and (run_dir / "spec.yaml").exists():
-        try:
-            old = _strip_versions((run_dir / "spec.yaml").read_text())
-        except Exception as exc:  # damaged: not UTF-8, not YAML
-            raise SpecError(f"{run_dir / 'spec.yaml'} is damaged ({type(exc).__name__}); this run cannot "
-                            f"be resumed", path="--resume",
-                            fix="Start again with --overwrite, or use another -o RUN_DIR.") from None
-        if old != _strip_versions(resolved_spec_text(loaded)):
-            raise SpecError(f"the spec differs from the one {run_dir} was started with", path="--resume",
-                            fix="--resume continues only the same spec and --set options; to run a "
-                                "changed spec, start again with --overwrite or use another -o RUN_DIR.")
+        _check_same_spec(loaded, run_dir, "--resume")
     files.remove_stale_temporaries(run_dir)
     if not (run_dir / files.MARKER).is_file():
         files.write_marker(run_dir)
@@ -512,33 +578,42 @@ def seed_spec(loaded: LoadedSpec, seed: int) -> LoadedSpec:
 
 
 def _execute_seeds(run: Run) -> dict[str, Any]:
-    """Run the spec once per seed in RUN_DIR/seeds/<seed>/, then combine them (see `probekit._seeds`)."""
+    """Run the spec once per seed in RUN_DIR/seeds/<seed>/, then combine them (see `probekit._seeds`).
+
+    With `run.shard` only that part's seeds run; the part that finishes last combines them all.
+    """
     from probekit import _distributed as distributed
-    from probekit._provenance import provenance
-    from probekit._registry import create_probe
-    from probekit._report import write_reports
-    from probekit._seeds import aggregate, seed_dir
+    from probekit import _files as files
+    from probekit._seeds import finished_seeds, seed_dir
+    from probekit._shards import AGGREGATE_LOCK, missing_parts
 
     seeds = list(run.spec.seeds or [])
+    mine = run.shard.seeds(seeds) if run.shard is not None else seeds
     owns_group = not distributed.is_initialized() and distributed.init_from_env(run.device)
     main = distributed.is_main()
     if main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         run.figures_dir.mkdir(exist_ok=True)
         ckpt.write_text(run.run_dir / "spec.yaml", resolved_spec_text(run.loaded))
-        run._log_file = open(run.run_dir / "log.txt", "a")  # noqa: SIM115
+        log_path = run.run_dir / "log.txt"
+        if run.shard is not None:  # each part its own log: parts on other machines write at the same time
+            log_path = run.shard.log_path(run.run_dir)
+            log_path.parent.mkdir(exist_ok=True)
+        run._log_file = files.open_append(log_path)
     else:
         run.quiet = True
     start = time.time()
     try:
-        run.log(f"run '{run.spec.name}' in {run.run_dir}: {len(seeds)} seeds {seeds}"
+        part = f"part {run.shard} of " if run.shard is not None else ""
+        run.log(f"run '{run.spec.name}' in {run.run_dir}: {part}{len(seeds)} seeds {seeds}"
+                + (f", this part's seeds {mine}" if run.shard is not None else "")
                 + (" (resumed)" if run.resume else "") + f"; data split of seed {run.spec.seed}")
-        for i, seed in enumerate(seeds):
+        for i, seed in enumerate(mine):
             folder = seed_dir(run.run_dir, seed)
             if run.resume and (folder / "metrics.json").exists():
-                run.log(f"seed {seed} ({i + 1}/{len(seeds)}): finished before; kept ({folder})")
+                run.log(f"seed {seed} ({i + 1}/{len(mine)}): finished before; kept ({folder})")
                 continue
-            run.log(f"seed {seed} ({i + 1}/{len(seeds)}): running in {folder}")
+            run.log(f"seed {seed} ({i + 1}/{len(mine)}): running in {folder}")
             sub = Run(seed_spec(run.loaded, seed), folder, quiet=run.quiet, resume=run.resume)
             sub.data_seed = run.spec.seed
             t = time.time()
@@ -548,28 +623,24 @@ def _execute_seeds(run: Run) -> dict[str, Any]:
                              if isinstance(v, (int, float)) and not isinstance(v, bool))
             run.log(f"seed {seed}: done" + (f" ({head})" if head else ""))
         distributed.barrier()
-        combined = aggregate(run.run_dir, seeds, write=main)
-        run.probe = create_probe(run.spec.probe.type, **run.options["probe"])
-        summarize = getattr(run.probe, "summarize", None)
-        if main and summarize is not None:
-            summarize(run, combined)
-        trained = combined.aggregate.get("model_train") if isinstance(combined.aggregate, dict) else None
-        if isinstance(trained, dict) and all(hasattr(trained.get(k), "format") for k in
-                                             ("train_accuracy", "test_accuracy")):
-            run.report_sections.insert(0, ("Model training", (
-                f"The model was trained as a classifier (`model.train`) once per seed before probing: train "
-                f"accuracy {trained['train_accuracy'].format()}, test accuracy {trained['test_accuracy'].format()} "
-                f"(mean ± half-width of the 95 % interval over seeds).")))
-        results = combined.metrics_json()
+        if run.shard is not None:
+            missing = missing_parts(run.run_dir, seeds, finished_seeds(run.run_dir))
+            lock = files.RunLock(run.run_dir, AGGREGATE_LOCK)
+            if missing or not main or lock.acquire() is not None:  # another part combines them
+                if missing:
+                    run.log(f"part {run.shard} finished; still missing: {missing}. The part that finishes last "
+                            f"combines the seeds (or: probekit aggregate {run.run_dir})")
+                if owns_group:
+                    distributed.shutdown()
+                return {"shard": str(run.shard), "seeds": mine, "missing": missing}
+            try:
+                run.log(f"part {run.shard} finished last: combining the {len(seeds)} seeds")
+                run.timings["total"] = time.time() - start
+                return _combine_seeds(run, seeds, owns_group)
+            finally:
+                lock.release()
         run.timings["total"] = time.time() - start
-        if main:
-            written = {**results, "provenance": provenance(run)}
-            ckpt.write_json(run.run_dir / "metrics.json", written)
-            write_reports(run, written)
-        run.log(f"{len(seeds)} seeds combined in {run.run_dir} ({run.timings['total']:.1f}s)")
-        if owns_group:
-            distributed.shutdown()
-        return results
+        return _combine_seeds(run, seeds, owns_group)
     except BaseException as exc:
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             run.log(f"run failed: {type(exc).__name__}: {exc}")
@@ -580,6 +651,83 @@ def _execute_seeds(run: Run) -> dict[str, Any]:
         run._log_file = None
         if owns_group:
             distributed.shutdown(wait=False)
+
+
+def _combine_seeds(run: Run, seeds: list[int], owns_group: bool = False) -> dict[str, Any]:
+    """Combine the finished seed runs of `seeds` into the run directory's tables, metrics.json, figures
+    and report (rank 0 writes)."""
+    from probekit import _distributed as distributed
+    from probekit._provenance import provenance
+    from probekit._registry import create_probe
+    from probekit._report import write_reports
+    from probekit._seeds import aggregate
+
+    start = time.time()
+    main = distributed.is_main()
+    combined = aggregate(run.run_dir, seeds, write=main)
+    run.probe = create_probe(run.spec.probe.type, **run.options["probe"])
+    summarize = getattr(run.probe, "summarize", None)
+    if main and summarize is not None:
+        summarize(run, combined)
+    trained = combined.aggregate.get("model_train") if isinstance(combined.aggregate, dict) else None
+    if isinstance(trained, dict) and all(hasattr(trained.get(k), "format") for k in
+                                         ("train_accuracy", "test_accuracy")):
+        run.report_sections.insert(0, ("Model training", (
+            f"The model was trained as a classifier (`model.train`) once per seed before probing: train "
+            f"accuracy {trained['train_accuracy'].format()}, test accuracy {trained['test_accuracy'].format()} "
+            f"(mean ± half-width of the 95 % interval over seeds).")))
+    results = combined.metrics_json()
+    run.timings["total"] = run.timings.get("total", 0.0) + time.time() - start
+    if main:
+        written = {**results, "provenance": provenance(run)}
+        ckpt.write_json(run.run_dir / "metrics.json", written)
+        write_reports(run, written)
+    run.log(f"{len(seeds)} seeds combined in {run.run_dir}")
+    if owns_group:
+        distributed.shutdown()
+    return results
+
+
+def aggregate_run(run_dir: str | Path, *, quiet: bool = True) -> dict[str, Any]:
+    """Combine the parts (`--shard I/N`) of a run directory, as one run of its whole spec would.
+
+    Refuses (exit 2) a directory whose parts have not all finished, naming the missing ones.
+    """
+    from probekit import _files as files
+    from probekit._seeds import finished_seeds
+    from probekit._shards import AGGREGATE_LOCK, load_run_spec, missing_parts
+
+    run_dir = Path(run_dir)
+    loaded = load_run_spec(run_dir)
+    seeds = list(loaded.spec.seeds or [])
+    if not seeds:
+        raise SpecError(f"{run_dir} is a run of one part (its spec has no `seeds:`); there is nothing to "
+                        f"combine", path="RUN_DIR", fix="Its results are written by the run itself "
+                                                        "(probekit report RUN_DIR rewrites the report).")
+    missing = missing_parts(run_dir, seeds, finished_seeds(run_dir))
+    if missing:
+        raise SpecError(f"{run_dir}: parts not finished: {missing}", path="RUN_DIR",
+                        fix="Run them (probekit run SPEC -o RUN_DIR --shard I/N; add --resume to continue a "
+                            "part that stopped), then aggregate again.")
+    lock = files.RunLock(run_dir, AGGREGATE_LOCK)
+    whole = files.RunLock(run_dir)
+    for claimed in (lock, whole):
+        holder = claimed.acquire()
+        if holder is not None:
+            lock.release()
+            raise SpecError(f"{run_dir} is in use by process {holder}", path="RUN_DIR",
+                            fix="Wait for it to finish, then aggregate again.")
+    run = Run(loaded, run_dir, quiet=quiet, resume=True)
+    files.confine(run_dir, run.cache_dir, default_cache_dir())
+    try:
+        run._log_file = files.open_append(run_dir / "log.txt")
+        return _combine_seeds(run, seeds)
+    finally:
+        files.confine(None)
+        if run._log_file is not None:
+            run._log_file.close()
+        whole.release()
+        lock.release()
 
 
 def _start_heartbeat(run: Run) -> None:
@@ -635,16 +783,18 @@ def _install_sigterm_handler(run: Run) -> Callable[[], None]:
 
 def run(spec: str | Path | Mapping[str, Any] | LoadedSpec, run_dir: str | Path | None = None, *,
         overrides: Iterable[str] = (), resume: bool = False, overwrite: bool = False,
-        quiet: bool = True) -> dict[str, Any]:
+        quiet: bool = True, shard: str | None = None) -> dict[str, Any]:
     """Run a spec (a path, a dict or a loaded spec) into `run_dir`; return the results.
 
     The results are metrics.json's content without its `provenance` (date, host, versions, device,
-    seeds, git commit), so that two runs of a spec return equal results.
+    seeds, git commit), so that two runs of a spec return equal results. `shard="I/N"` runs only that
+    part of the spec's seeds (see `aggregate_run`); until the last part finishes, it returns
+    `{"shard", "seeds", "missing"}`.
     """
     loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec, overrides)
     prepared = prepare(loaded, Path(run_dir) if run_dir is not None else None, resume=resume,
-                       overwrite=overwrite, quiet=quiet)
+                       overwrite=overwrite, quiet=quiet, shard=shard)
     return execute(prepared)
 
 
-__all__ = ["Run", "run", "prepare", "execute", "RunError", "seed_everything"]
+__all__ = ["Run", "aggregate_run", "run", "prepare", "execute", "RunError", "seed_everything"]
