@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, list[tuple[str, str, str | None, float]]] = {
         ("mamba: evaluation / training time per token", r"evaluation / training time per token: ([\d.]+)",
          "<=", 1.0),
     ],
+    "examples": [("example {0}: wall time / its budget", r"^(\S+): wall / budget ([\d.]+)", "<=", 1.0)],
     "distributed_scaling": [("2 gloo processes speed-up over 1", r"speed-up 1/2 processes: ([\d.]+)x", None, 0.0)],
 }
 
