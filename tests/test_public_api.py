@@ -106,3 +106,47 @@ def test_the_core_has_no_import_cycle():
         if m not in state:
             visit(m)
     assert not cycles, "import cycles in the core:\n" + "\n".join(cycles)
+
+
+#: the methods of `Probe` the runner calls with the run
+PROBE_METHODS = ("fit", "evaluate", "summarize", "dry_run")
+
+
+def _plugin_and_builtin_files() -> list[Path]:
+    files = [p for src in (REPO / "plugins").glob("*/src") for p in src.rglob("*.py")]
+    return sorted(files + list((CORE / "builtin").rglob("*.py")))
+
+
+def _run_annotation(arg: ast.arg) -> str | None:
+    return ast.unparse(arg.annotation) if arg.annotation is not None else None
+
+
+def test_every_run_parameter_is_a_run_context():
+    """Probes and the functions they call see the run as `RunContext` (never `Any`, never untyped), so that
+    mypy checks every plugin's use of the context; the probe methods take it as their `run` parameter."""
+    bad: list[str] = []
+    typed = probe_methods = 0
+    for path in _plugin_and_builtin_files():
+        tree = ast.parse(path.read_text(), str(path))
+        where = path.relative_to(REPO)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Lambda):
+                if any(a.arg == "run" for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]):
+                    bad.append(f"{where}:{node.lineno}: a lambda takes `run` (untyped): make it a def")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args
+                for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs]:
+                    if arg.arg == "run":
+                        typed += 1
+                        if _run_annotation(arg) not in ("RunContext", "probekit.RunContext"):
+                            bad.append(f"{where}:{node.lineno}: {node.name}(run: {_run_annotation(arg)})")
+            elif isinstance(node, ast.ClassDef) and any(ast.unparse(b).endswith("Probe") for b in node.bases):
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef) and item.name in PROBE_METHODS:
+                        probe_methods += 1
+                        params = [a.arg for a in item.args.args]
+                        if params[:2] != ["self", "run"]:
+                            bad.append(f"{where}:{item.lineno}: {node.name}.{item.name}{tuple(params)}: the run "
+                                       "comes first, as `run: RunContext`")
+    assert typed > 30 and probe_methods > 10  # the scan saw the plugins' probes and helpers
+    assert not bad, "run parameters not typed as RunContext:\n" + "\n".join(bad)

@@ -79,6 +79,12 @@ def test_parts_in_any_order_then_aggregate_give_one_runs_results(tmp_path):
     assert _results(parts) == expected
     logs = sorted(p.name for p in (parts / "shards").iterdir())
     assert logs == ["0-of-3.log", "1-of-3.log", "2-of-3.log"]
+    # seed_processes: the same split, as child processes of one run that combines them
+    side = _cli(tmp_path, "run", str(spec), "-o", str(tmp_path / "side"), "-q", "--set", "seed_processes=2")
+    assert side.returncode == 0, side.stderr
+    assert "seeds [0, 1, 2] in 2 processes at once" in (tmp_path / "side" / "log.txt").read_text()
+    found = {k: v for k, v in _results(tmp_path / "side").items() if not k.endswith("report.md")}
+    assert found == {k: v for k, v in expected.items() if not k.endswith("report.md")}  # the spec differs
 
 
 def test_a_part_resumes_alone_and_keeps_its_finished_seeds(tmp_path):

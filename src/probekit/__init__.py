@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from probekit._checkpoint import save as save_checkpoint
     from probekit._color import hsv_to_rgb, rgb_to_hsv
     from probekit._context import RunContext
-    from probekit._data import DataBundle, DataInfo, TensorImageDataset, luminance
+    from probekit._data import DataBundle, DataInfo, TensorImageDataset, luminance, num_examples
     from probekit._distributed import all_gather, alone, batches_of, group_size, rank_batches, spread
     from probekit._errors import ProbekitError, RunError, SpecError, did_you_mean
     from probekit._hf import load_config as load_hf_config
@@ -107,6 +107,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Probe": ("_probe", "Probe"), "Metric": ("_metric", "Metric"),
     "DataBundle": ("_data", "DataBundle"), "DataInfo": ("_data", "DataInfo"),
     "TensorImageDataset": ("_data", "TensorImageDataset"), "luminance": ("_data", "luminance"),
+    "num_examples": ("_data", "num_examples"),
     "rgb_to_hsv": ("_color", "rgb_to_hsv"), "hsv_to_rgb": ("_color", "hsv_to_rgb"),
     "FolderDataset": ("builtin._datasets", "FolderDataset"),
     # activations and features
@@ -141,9 +142,9 @@ __all__ = [
     "baseline_warning", "batches_of", "cache_key", "capture", "compare", "create_dataset", "create_metric",
     "create_model", "create_perturbation", "create_probe", "did_you_mean", "epoch_seed", "get_plugin_manager",
     "group_size", "hookimpl", "hsv_to_rgb", "json_schema", "load_checkpoint", "load_hf_config", "load_safetensors",
-    "load_spec", "load_state_dict", "luminance", "rank_batches", "read_checked_json", "resolve_batch_size",
-    "rgb_to_hsv", "run", "save_checkpoint", "save_safetensors", "spec_error_from_validation", "spread",
-    "tune_allocator", "write_checked_json", "write_json",
+    "load_spec", "load_state_dict", "luminance", "num_examples", "rank_batches", "read_checked_json",
+    "resolve_batch_size", "rgb_to_hsv", "run", "save_checkpoint", "save_safetensors", "spec_error_from_validation",
+    "spread", "tune_allocator", "write_checked_json", "write_json",
 ]
 
 

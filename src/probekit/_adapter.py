@@ -67,8 +67,9 @@ class ModelAdapter:
 
     model: nn.Module
     """The wrapped model from its own library."""
-    input_shape: tuple[int, int, int] = (3, 224, 224)
-    """(C, H, W) of the images the model takes."""
+    input_shape: tuple[int, int, int] | None = (3, 224, 224)
+    """(C, H, W) of the images the model takes; None while unknown (the `module` adapter without
+    `input_shape:` takes it from the data's image shape)."""
     mean: tuple[float, ...] = (0.0,)
     """Per-channel mean that `preprocess` subtracts."""
     std: tuple[float, ...] = (1.0,)
@@ -117,9 +118,16 @@ class ModelAdapter:
                 return getattr(output, key)
         raise TypeError(f"{type(self).__name__}: cannot find class logits in a {type(output).__name__}")
 
+    def known_input_shape(self) -> tuple[int, int, int]:
+        """`input_shape`, or a ValueError when it is not known yet."""
+        if self.input_shape is None:
+            raise ValueError(f"{self.type_name} adapter: input_shape unknown; give `input_shape: [C, H, W]` in the "
+                             "spec's model section")
+        return self.input_shape
+
     def example_inputs(self, batch_size: int = 2) -> Any:
         """Model-ready inputs of the right shape (zeros through `preprocess`)."""
-        return self.preprocess(torch.zeros(batch_size, *self.input_shape, device=self.device))
+        return self.preprocess(torch.zeros(batch_size, *self.known_input_shape(), device=self.device))
 
     def layers(self) -> list[Layer]:
         """The probe-able layers in depth order, with kind and per-example shape."""
@@ -192,7 +200,7 @@ class ModelAdapter:
         x = images
         if x.dim() == 3:
             x = x.unsqueeze(0)
-        c, h, w = self.input_shape
+        c, h, w = self.known_input_shape()
         if x.shape[1] != c:
             if x.shape[1] == 1:
                 x = x.expand(-1, c, -1, -1)
@@ -213,7 +221,7 @@ class ModelAdapter:
         return inputs * std + mean
 
     def describe_preprocessing(self) -> dict[str, Any]:
-        return {"input_shape": list(self.input_shape), "mean": list(self.mean), "std": list(self.std),
+        return {"input_shape": list(self.known_input_shape()), "mean": list(self.mean), "std": list(self.std),
                 "interpolation": self.interpolation}
 
     def fingerprint(self) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,21 @@ class TensorImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
+
+
+def num_examples(dataset: Dataset) -> int:
+    """The length of a map-style dataset (`len(dataset)`).
+
+    Datasets in a `DataBundle` have a length; torch's `Dataset` type does not declare `__len__`, so a
+    type checker refuses `len()` on one: this function states the requirement once.
+
+    Raises:
+        TypeError: the dataset has no `__len__` (an iterable-style dataset).
+    """
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"{type(dataset).__name__} has no length: probekit needs map-style datasets "
+                        "(with __len__ and __getitem__)")
+    return len(dataset)
 
 
 def luminance(images: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ def dry_run(loaded: LoadedSpec) -> str:
     from pathlib import Path
 
     from probekit._adapter import check_probe_layers
-    from probekit._data import build_data
+    from probekit._data import build_data, num_examples
     from probekit._errors import display_path
     from probekit._registry import create_probe
     from probekit._runner import Run, default_run_dir, resolve_device
@@ -23,9 +23,10 @@ def dry_run(loaded: LoadedSpec) -> str:
     if spec.data is not None:
         run.data = build_data(run)
         info = run.data.info
-        lines.append(f"data: {spec.data.type}: {len(run.data.train)} train / {len(run.data.test)} test, "
+        lines.append(f"data: {spec.data.type}: {num_examples(run.data.train)} train / "
+                     f"{num_examples(run.data.test)} test, "
                      f"images {tuple(info.image_shape)}, {info.num_classes} classes")
-    n_items = len(run.data.train) + len(run.data.test) if run.data is not None else 0
+    n_items = num_examples(run.data.train) + num_examples(run.data.test) if run.data is not None else 0
     if spec.model is not None:
         from probekit._registry import create_model
 

@@ -63,7 +63,8 @@ def example_folders() -> list[tuple[str, Path]]:
             spec = importlib.util.find_spec(top)  # locates the package without running it
         except (ImportError, ValueError):
             continue
-        dist = ep.dist.name if getattr(ep, "dist", None) is not None else ep.name
+        owner = getattr(ep, "dist", None)
+        dist = owner.name if owner is not None else ep.name
         for location in (spec.submodule_search_locations or []) if spec is not None else []:
             folders.append((dist, Path(location) / "examples"))
     return [(dist, folder) for dist, folder in folders if folder.is_dir()]
@@ -151,7 +152,7 @@ def missing_for(path: Path) -> list[str]:
             continue
         entry = pm.registries[kind].get(name)
         if entry is None:
-            need = FIRST_PARTY.get(kind, {}).get(name, f"a plugin providing {kind[:-1]} '{name}'")
+            need: str | None = FIRST_PARTY.get(kind, {}).get(name, f"a plugin providing {kind[:-1]} '{name}'")
         else:
             need = next((req for module, req in (entry.meta.get("requires") or {}).items()
                          if not importable(module)), None)

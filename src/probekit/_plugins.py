@@ -136,6 +136,8 @@ class PluginManager:
     def register(self, plugin: Any, name: str | None = None) -> str:
         """Register a plugin object or module (for tests and notebooks)."""
         registered = self.pm.register(plugin, name=name)
+        if registered is None:  # pluggy's answer for a name that was blocked (pm.set_blocked)
+            raise ValueError(f"plugin {name or plugin!r} is blocked and cannot be registered")
         self._registries = None
         return registered
 

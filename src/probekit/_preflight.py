@@ -65,8 +65,9 @@ def distribution_of(provider: str) -> str:
     if provider.startswith("probekit.builtin"):
         return CORE
     for ep in metadata.entry_points(group="probekit"):
-        if ep.name == provider and getattr(ep, "dist", None) is not None:
-            return ep.dist.name
+        owner = getattr(ep, "dist", None)
+        if ep.name == provider and owner is not None:
+            return owner.name
     return provider
 
 

@@ -14,6 +14,7 @@ from probekit._checkpoint import write_json, write_text
 
 if TYPE_CHECKING:
     from probekit._context import RunContext
+    from probekit._runner import Run
 
 
 def _is_interval(value: Any) -> bool:
@@ -123,7 +124,7 @@ def summary_line(results: dict[str, Any], *, limit: int = 300, layers: Sequence[
                                f"{left} numbers{more}" if left else "")
 
 
-def write_reports(run: RunContext, results: dict[str, Any]) -> None:
+def write_reports(run: Run, results: dict[str, Any]) -> None:
     """Save the report's content (report.json) and render report.md and report.html."""
     write_json(run.run_dir / "report.json", {
         "name": run.spec.name, "sections": run.report_sections, "timings": run.timings,
@@ -163,7 +164,7 @@ def render(run_dir: str | Path) -> tuple[Path, Path]:
     spec_text = (run_dir / "spec.yaml").read_text() if (run_dir / "spec.yaml").exists() else ""
     name = meta.get("name", run_dir.name)
     figures = sorted(p.name for p in (run_dir / "figures").glob("*.png")) if (run_dir / "figures").exists() else []
-    sections: list[tuple[str, str]] = [tuple(s) for s in meta.get("sections", [])]  # type: ignore[misc]
+    sections: list[tuple[str, str]] = [(str(title), str(text)) for title, text in meta.get("sections", [])]
     shown_results = {k: v for k, v in results.items() if k not in ("per_seed", "provenance")}
     layers = meta.get("layers") or []
     flat = sorted(flatten(shown_results, intervals=True), key=lambda kv: sort_key(kv[0], layers))

@@ -584,7 +584,7 @@ def _execute_seeds(run: Run) -> dict[str, Any]:
     """
     from probekit import _distributed as distributed
     from probekit import _files as files
-    from probekit._seeds import finished_seeds, seed_dir
+    from probekit._seeds import finished_seeds
     from probekit._shards import AGGREGATE_LOCK, missing_parts
 
     seeds = list(run.spec.seeds or [])
@@ -608,20 +608,15 @@ def _execute_seeds(run: Run) -> dict[str, Any]:
         run.log(f"run '{run.spec.name}' in {run.run_dir}: {part}{len(seeds)} seeds {seeds}"
                 + (f", this part's seeds {mine}" if run.shard is not None else "")
                 + (" (resumed)" if run.resume else "") + f"; data split of seed {run.spec.seed}")
-        for i, seed in enumerate(mine):
-            folder = seed_dir(run.run_dir, seed)
-            if run.resume and (folder / "metrics.json").exists():
-                run.log(f"seed {seed} ({i + 1}/{len(mine)}): finished before; kept ({folder})")
-                continue
-            run.log(f"seed {seed} ({i + 1}/{len(mine)}): running in {folder}")
-            sub = Run(seed_spec(run.loaded, seed), folder, quiet=run.quiet, resume=run.resume)
-            sub.data_seed = run.spec.seed
-            t = time.time()
-            sub_results = execute(sub)
-            run.timings[f"seed {seed}"] = time.time() - t
-            head = ", ".join(f"{k}={v:.4g}" for k, v in sub_results.items()
-                             if isinstance(v, (int, float)) and not isinstance(v, bool))
-            run.log(f"seed {seed}: done" + (f" ({head})" if head else ""))
+        processes = min(run.spec.seed_processes, len(mine))
+        if processes > 1 and run.shard is None:
+            if distributed.world_size() > 1:
+                raise SpecError("seed_processes > 1 runs seeds side by side; with several processes per run "
+                                "(--nproc, torchrun) each seed already uses them all", path="seed_processes",
+                                fix="Set seed_processes: 1, or run without --nproc.")
+            _run_seeds_in_processes(run, mine, processes)
+        else:
+            _run_seeds(run, mine)
         distributed.barrier()
         if run.shard is not None:
             missing = missing_parts(run.run_dir, seeds, finished_seeds(run.run_dir))
@@ -651,6 +646,87 @@ def _execute_seeds(run: Run) -> dict[str, Any]:
         run._log_file = None
         if owns_group:
             distributed.shutdown(wait=False)
+
+
+def _run_seeds(run: Run, seeds: list[int]) -> None:
+    """Run the seed runs of `seeds` one after the other (those finished before are kept with --resume)."""
+    from probekit._seeds import seed_dir
+
+    for i, seed in enumerate(seeds):
+        folder = seed_dir(run.run_dir, seed)
+        if run.resume and (folder / "metrics.json").exists():
+            run.log(f"seed {seed} ({i + 1}/{len(seeds)}): finished before; kept ({folder})")
+            continue
+        run.log(f"seed {seed} ({i + 1}/{len(seeds)}): running in {folder}")
+        sub = Run(seed_spec(run.loaded, seed), folder, quiet=run.quiet, resume=run.resume)
+        sub.data_seed = run.spec.seed
+        t = time.time()
+        sub_results = execute(sub)
+        run.timings[f"seed {seed}"] = time.time() - t
+        head = ", ".join(f"{k}={v:.4g}" for k, v in sub_results.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool))
+        run.log(f"seed {seed}: done" + (f" ({head})" if head else ""))
+
+
+def _run_seeds_in_processes(run: Run, seeds: list[int], processes: int) -> None:
+    """`seed_processes`: the seeds as parts (`--shard I/N`'s split), each part in a child process
+    running `seed_part`; this process holds the run directory's lock, waits, and combines."""
+    import os
+    import subprocess
+    import tempfile
+
+    from probekit._shards import Shard
+
+    parts = [Shard(i, processes) for i in range(processes)]
+    run.log(f"seeds {seeds} in {processes} processes at once (their logs: "
+            f"{', '.join(str(p.log_path(run.run_dir).relative_to(run.run_dir)) for p in parts)})")
+    code = "import sys; from probekit._runner import seed_part; sys.exit(seed_part(*sys.argv[1:]))"
+    t = time.time()
+    stderr = [tempfile.TemporaryFile("w+") for _ in parts]  # files, not pipes: a full pipe would block a child
+    children = [subprocess.Popen([sys.executable, "-c", code, str(run.run_dir), str(p.index), str(p.count),
+                                  "resume" if run.resume else "new"], env=os.environ.copy(),
+                                 stdout=subprocess.DEVNULL, stderr=err) for p, err in zip(parts, stderr)]
+    try:
+        for child in children:
+            child.wait()
+    finally:
+        for child in children:  # an interrupted parent leaves no process behind (they checkpoint on SIGTERM)
+            if child.poll() is None:
+                child.terminate()
+                child.wait()
+    run.timings["seeds"] = time.time() - t
+    failed = []
+    for p, child, err in zip(parts, children, stderr):
+        err.seek(0)
+        text = err.read().strip()
+        err.close()
+        if child.returncode != 0:
+            failed.append((p, text))
+        run.log(f"seeds {p.seeds(seeds)}: " + ("done" if child.returncode == 0 else
+                                                  f"failed (exit {child.returncode})"))
+    if failed:
+        p, text = failed[0]
+        raise RunError(f"the process running seeds {p.seeds(seeds)} failed (see {p.log_path(run.run_dir)})"
+                       + (f": {text.splitlines()[-1]}" if text else ""))
+
+
+def seed_part(run_dir: str, index: str, count: str, mode: str) -> int:
+    """A child process of `seed_processes`: run part `index` of `count` of the seeds of the run
+    directory's spec (the parent holds the directory's lock and combines the parts)."""
+    from probekit import _files as files
+    from probekit._shards import Shard, load_run_spec
+
+    loaded = load_run_spec(Path(run_dir))
+    run = Run(loaded, Path(run_dir), quiet=True, resume=mode == "resume")
+    run.shard = Shard(int(index), int(count))
+    log = run.shard.log_path(run.run_dir)
+    log.parent.mkdir(exist_ok=True)
+    run._log_file = files.open_append(log)
+    try:
+        _run_seeds(run, run.shard.seeds(list(loaded.spec.seeds or [])))
+    finally:
+        run._log_file.close()
+    return 0
 
 
 def _combine_seeds(run: Run, seeds: list[int], owns_group: bool = False) -> dict[str, Any]:

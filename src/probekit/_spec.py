@@ -142,6 +142,9 @@ class Spec(BaseModel):
         None, min_length=1, description="Run the probe once per seed (model training, probe initialisation, "
                                         "data order) in RUN_DIR/seeds/<seed>/, then combine the results with "
                                         "mean, std and 95% intervals (e.g. [0, 1, 2]).")
+    seed_processes: int = Field(1, ge=1, le=256, description="With `seeds`: how many seeds run at once, each in a "
+                                "process of its own on this machine (on CPUs set `threads` so that seed_processes x "
+                                "threads <= cores). Every seed's numbers are the same as when they run one by one.")
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:<i> (GPU i) or mps "
                                             "(Apple GPU).")
     model: ModelSpec | None = None

@@ -41,8 +41,8 @@ class Interval:
     n: int
 
     @classmethod
-    def of(cls, values: Iterable[float]) -> Interval:
-        """The interval of `values` (NaN values are left out; no values gives an all-NaN interval)."""
+    def of(cls, values: Iterable[float | None]) -> Interval:
+        """The interval of `values` (None and NaN values are left out; no values gives an all-NaN interval)."""
         xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
         n = len(xs)
         if n == 0:

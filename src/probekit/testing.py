@@ -100,8 +100,10 @@ def prepare_run(loaded: Any, run_dir: Any, **options: Any) -> Any:
 
 def execute_run(run: RunContext) -> dict[str, Any]:
     """Execute a run made by `prepare_run`; returns the content of metrics.json."""
-    from probekit._runner import execute
+    from probekit._runner import Run, execute
 
+    if not isinstance(run, Run):
+        raise TypeError(f"execute_run takes the run that prepare_run returned, got {type(run).__name__}")
     return execute(run)
 
 

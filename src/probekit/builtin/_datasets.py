@@ -37,13 +37,19 @@ def _fits_in_memory(n: int, channels: int, size: int, what: str) -> None:
                         fix="Use a smaller size (or data.limit to use fewer images).")
 
 
+def _chw(shape: torch.Size) -> tuple[int, int, int]:
+    """An image's shape (C, H, W) as DataInfo holds it."""
+    c, h, w = shape
+    return int(c), int(h), int(w)
+
+
 def _bundle(name: str, images: torch.Tensor, labels: torch.Tensor, classes: list[str], seed: int,
             test_fraction: float, size: int | None = None, channels: int | None = None) -> DataBundle:
     if size is not None:
         _fits_in_memory(len(images), channels or images.shape[1], size, name)
     images = _convert(images, size, channels)
     train_idx, test_idx = split_indices(len(images), test_fraction, seed)
-    info = DataInfo(name, tuple(images.shape[1:]), classes)
+    info = DataInfo(name, _chw(images.shape[1:]), classes)
     return DataBundle(TensorImageDataset(images[train_idx], labels[train_idx]),
                       TensorImageDataset(images[test_idx], labels[test_idx]), info)
 
@@ -164,7 +170,7 @@ def image_array(im: Any) -> np.ndarray:
         im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(im).astype(np.float64)
+        arr: np.ndarray = np.asarray(im).astype(np.float64)
         if mode.startswith("I;16") or (mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 65535):
             arr = arr / 65535.0
         elif arr.size and (arr.min() < 0 or arr.max() > 1 or not np.isfinite(arr).all()):
@@ -284,7 +290,7 @@ def _usable(files: list[Path], labels: list[int], root: Path, on_bad_file: str, 
                                               f"not usable images (first: {bad[0][0]}: {bad[0][1]})")
     keep = [i for i, r in enumerate(results) if "size" in r]
     return ([files[i] for i in keep], [labels[i] for i in keep],
-            [tuple(results[i]["size"]) for i in keep], len(bad))  # type: ignore[misc]
+            [tuple(results[i]["size"]) for i in keep], len(bad))
 
 
 def folder(*, root: Path, seed: int = 0, test_root: Path | None = None, test_fraction: float = 0.2,
@@ -370,4 +376,4 @@ def torchvision_dataset(*, name: str, seed: int = 0, root: str = "~/.cache/probe
     sample = _Wrapped(train_ds)[0][0]
     classes = [str(c) for c in getattr(train_ds, "classes", [])] or \
         [str(i) for i in range(int(max(int(y) for _, y in [train_ds[j] for j in range(min(len(train_ds), 2000))])) + 1)]
-    return DataBundle(_Wrapped(train_ds), _Wrapped(test_ds), DataInfo(name, tuple(sample.shape), classes))
+    return DataBundle(_Wrapped(train_ds), _Wrapped(test_ds), DataInfo(name, _chw(sample.shape), classes))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,6 +25,7 @@ from probekit._probe import Probe
 from probekit._stats import Interval, baseline_warning, compare
 
 if TYPE_CHECKING:
+    from probekit._batchsize import BatchSizeOption
     from probekit._context import RunContext
     from probekit._seeds import SeedResults
 
@@ -81,11 +83,14 @@ class _Rows:
 
 def _standardisation(feats: Any, name: str, index: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation (ddof 1, at least 1e-6) of the rows `index`, in float64, streamed."""
-    total = sq = None
+    total: torch.Tensor | None = None
+    sq: torch.Tensor | None = None
     for start in range(0, len(index), chunk):
         x = feats.batch(index[start:start + chunk], names=[name])[name].double()
         total = x.sum(0) if total is None else total + x.sum(0)
         sq = (x * x).sum(0) if sq is None else sq + (x * x).sum(0)
+    if total is None or sq is None:
+        raise ValueError(f"no rows to standardise layer {name!r} on")
     n = len(index)
     mean = total / n
     var = (sq - n * mean * mean) / max(n - 1, 1)
@@ -129,7 +134,7 @@ def fit_logistic(rows: _Rows, num_classes: int, C: float, *, tol: float, max_ite
 
     def largest_gradient() -> float:
         closure()
-        return max(float(p.grad.abs().max()) for p in clf.parameters())
+        return max(float(p.grad.abs().max()) for p in clf.parameters() if p.grad is not None)
 
     iterations = 0
     largest = largest_gradient()
@@ -161,14 +166,15 @@ class LinearProbe(Probe):
     def __init__(self, layers: list[str] | str, solver: str = "lbfgs", C: float | str = "auto",
                  c_grid: list[float] | None = None, val_fraction: float = 0.2, tol: float = 1e-6,
                  max_iter: int = 1000, stream_above_mb: float = 2048, chunk_rows: int = 8192,
-                 epochs: int = 30, lr: float = 1e-2, batch_size: int | str = 256, weight_decay: float = 1e-4,
+                 epochs: int = 30, lr: float = 1e-2, batch_size: BatchSizeOption = 256, weight_decay: float = 1e-4,
                  pool: str = "auto", max_features: int = 8192):
         self.layer_names = layers
         self.solver, self.C, self.c_grid = solver, C, list(c_grid or [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
         self.val_fraction, self.tol, self.max_iter = val_fraction, tol, max_iter
         self.stream_above_mb, self.chunk_rows = stream_above_mb, chunk_rows
-        self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
+        self.epochs, self.lr = epochs, lr
         self.batch_option = batch_size  # an int or "auto"; self.batch_size: the current layer's
+        self.batch_size = batch_size if isinstance(batch_size, int) else 0  # set by resolve_batch_size
         self.weight_decay, self.pool, self.max_features = weight_decay, pool, max_features
         self.classifiers: dict[str, nn.Linear] = {}
         self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -290,19 +296,16 @@ class LinearProbe(Probe):
             torch.manual_seed(run.seed)
             clf = nn.Linear(x.shape[1], self.num_classes).to(run.device)
             opt = torch.optim.Adam(clf.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            def loss(idx: torch.Tensor, clf: nn.Linear = clf, x: torch.Tensor = x,
+                     y: torch.Tensor = y) -> torch.Tensor:
+                return F.cross_entropy(clf(x[idx.to(x.device)]), y[idx.to(y.device)])
+
             # batch_size auto: the largest batch that fits, searched once per layer, kept for --resume
-            self.batch_size = resolve_batch_size(
-                run, f"linear {name}", self.batch_option,
-                lambda b, clf=clf, x=x, y=y: F.cross_entropy(clf(x[torch.arange(b, device=x.device)]),
-                                                             y[torch.arange(b, device=y.device)]),
-                modules=[clf], maximum=len(x))
+            self.batch_size = resolve_batch_size(run, f"linear {name}", self.batch_option,
+                                                 lambda b: loss(torch.arange(b)), modules=[clf], maximum=len(x))
             trainer = Trainer({"linear": clf}, opt, epochs=self.epochs, seed=run.seed, tag=f"linear {name}",
                               checkpoint=self._checkpoint(run, name), progress=run.progress, log=run.debug)
-            n = len(x)
-            self.train_losses[name] = trainer.fit(
-                lambda g, n=n: rank_batches(n, self.batch_size, g),
-                lambda idx, clf=clf, x=x, y=y: F.cross_entropy(clf(x[idx.to(x.device)]), y[idx.to(y.device)]),
-                sharded=True)
+            self.train_losses[name] = trainer.fit(partial(rank_batches, len(x), self.batch_size), loss, sharded=True)
             self.classifiers[name] = clf
             self.fits[name] = {"C": None, "iterations": self.epochs, "converged": False, "gradient": None,
                                "val_accuracy": None, "streamed": False}

@@ -136,7 +136,8 @@ class ModuleAdapter(ModelAdapter):
         self.weights_name = str(named) if named is not None else None
         size = prep.get("size")
         if input_shape is not None:
-            self.input_shape = tuple(input_shape)
+            c, h, w = input_shape
+            self.input_shape = (int(c), int(h), int(w))
         elif size is not None:
             self.input_shape = (3, *size)
         else:

@@ -61,6 +61,10 @@ class DetrAdapter(ModelAdapter):
     """
 
     type_name = "detr"
+    fixed_size: tuple[int, int] | None = None
+    """The fixed (H, W) input size, or None to follow the image processor's resize rule."""
+    processor_size: tuple[int, int]
+    """The image processor's fixed (H, W), when it has one instead of a shortest-edge rule."""
 
     def __init__(
         self,
@@ -118,7 +122,7 @@ class DetrAdapter(ModelAdapter):
         self.num_queries = int(cfg.num_queries)
         self.num_logits = int(cfg.num_labels) + 1
         self._read_processor(src)
-        self.fixed_size = tuple(int(s) for s in size) if size is not None else None
+        self.fixed_size = (int(size[0]), int(size[1])) if size is not None else None
         if self.fixed_size is not None:
             self.input_shape = (int(cfg.num_channels), *self.fixed_size)
         else:
@@ -129,7 +133,8 @@ class DetrAdapter(ModelAdapter):
         """Mean, std, interpolation and the resize rule from the checkpoint's image processor config."""
         self.mean, self.std = _IMAGENET
         self.interpolation = "bilinear"
-        self.shortest_edge, self.longest_edge = 800, 1333
+        self.shortest_edge: int | None = 800
+        self.longest_edge: int | None = 1333
         if src is None:
             return
         from transformers import DetrImageProcessor
@@ -160,7 +165,7 @@ class DetrAdapter(ModelAdapter):
     # -- input transform -------------------------------------------------------------------
     def resize_shape(self, height: int, width: int) -> tuple[int, int]:
         """The (H, W) an image of `height` x `width` is resized to."""
-        if getattr(self, "fixed_size", None) is not None:
+        if self.fixed_size is not None:
             return self.fixed_size
         if self.shortest_edge is None:
             return self.processor_size
@@ -218,7 +223,7 @@ class DetrAdapter(ModelAdapter):
         output) and the prediction head; the transformer inverses of encoder and decoder have as many
         layers and heads as the model's.
         """
-        n_enc, n_dec = len(self.model.model.encoder.layers), len(self.model.model.decoder.layers)
+        n_enc, n_dec = self._layer_count("model.encoder.layers"), self._layer_count("model.decoder.layers")
         cfg = self.config
         return [
             {"layer": "backbone"},
@@ -227,11 +232,18 @@ class DetrAdapter(ModelAdapter):
             {"layer": "head"},
         ]
 
+    def _layer_count(self, path: str) -> int:
+        """The number of layers in the model's `ModuleList` at `path` (e.g. `model.encoder.layers`)."""
+        layers = self.model.get_submodule(path)
+        if not isinstance(layers, torch.nn.ModuleList):
+            raise TypeError(f"DETR: {path} is a {type(layers).__name__}, not the ModuleList of layers")
+        return len(layers)
+
     def capture_points(self) -> dict[str, CapturePoint]:
         points = {"backbone": CapturePoint("model.input_projection")}
-        for i in range(len(self.model.model.encoder.layers)):
+        for i in range(self._layer_count("model.encoder.layers")):
             points[f"encoder.{i}"] = CapturePoint(f"model.encoder.layers.{i}")
-        n = len(self.model.model.decoder.layers)
+        n = self._layer_count("model.decoder.layers")
         for i in range(n - 1):
             points[f"decoder.{i}"] = CapturePoint(f"model.decoder.layers.{i}")
         # the decoder's output is its final LayerNorm (the last call, also with auxiliary_loss)
@@ -250,10 +262,11 @@ class DetrAdapter(ModelAdapter):
         if self._spatial is None:  # layers() reads the backbone first; this is for direct calls
             with torch.no_grad():
                 _, states = self.capture(self.example_inputs(1), ["backbone"])
-            self._spatial = tuple(states["backbone"].shape[2:])
+            h, w = states["backbone"].shape[2:]
+            self._spatial = (int(h), int(w))
         h, w = self._spatial
         meta: dict[str, Any] = {
-            "input_size": list(self.input_shape[1:]),
+            "input_size": list(self.known_input_shape()[1:]),
             "spatial_shape": [h, w],
             "encoder_tokens": h * w,
             "object_queries": self.num_queries,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probekit import RunContext, SpecError, rgb_to_hsv
+from probekit import RunContext, SpecError, num_examples, rgb_to_hsv
 
 # -- layer correlation ------------------------------------------------------------------------------
 
@@ -37,7 +37,8 @@ def correlation(run: RunContext, probe: Any, test: Any) -> dict[str, Any]:
                 rec = probe.to_image(run, probe.decoder_for(k)(batch[j]))
                 for mname, metric in metrics[(j, k)].items():
                     probe.update_metric(metric, mname, rec, target)
-    rows, matrix = [], {}
+    rows: list[dict[str, Any]] = []
+    matrix: dict[str, dict[str, dict[str, float]]] = {}  # metric -> layer -> decoder -> value
     for (j, k), ms in metrics.items():
         for mname, metric in ms.items():
             value = float(metric.compute())
@@ -217,7 +218,7 @@ def colour_masks(run: RunContext, options: Any, n: int) -> tuple[torch.Tensor, t
             choice = "box"
     images, masks = [], []
     coco = _coco_masks(options, base, indices, (0, 0)) if choice == "coco" else None
-    for pos in range(len(test)):
+    for pos in range(num_examples(test)):
         image = test[pos][0]
         hw = tuple(image.shape[-2:])
         if choice == "coco":

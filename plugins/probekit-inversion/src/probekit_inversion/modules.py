@@ -127,6 +127,9 @@ def _transformer(width: int, arch: Arch, layers: int | None = None) -> nn.Transf
 class Standardise(nn.Module):
     """`(x - mean) / std` with per-channel statistics kept as buffers (broadcast shapes)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, shape: Sequence[int]):
         super().__init__()
         self.register_buffer("mean", torch.zeros(*shape))
@@ -380,11 +383,11 @@ def build_inverse(
     """
     s, t = source.shape, target.shape
     head = detection_head(source)
+    core: nn.Module
     if head is not None and head_input == "onehot":
         core = MLPInverse(s, t, arch.hidden)
         what = f"argmax class one-hot ({head[0]}) + {head[1]} box numbers, MLP per query"
         return InverseModule(core, source, target, what, encode=OneHotHead(*head))
-    core: nn.Module
     if source.is_tokens and len(t) == 2:
         n, d = s
         m, d2 = t

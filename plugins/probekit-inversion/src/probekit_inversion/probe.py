@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from probekit import (
+    BatchSizeOption,
     Probe,
     RunContext,
     SpecError,
@@ -112,7 +113,7 @@ class InversionProbe(Probe):
         mode: str | None = None,
         target: str = "cached",
         epochs: int = 10,
-        batch_size: int | str = 64,
+        batch_size: BatchSizeOption = 64,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         grad_clip: float | None = 1.0,
@@ -397,7 +398,8 @@ class InversionProbe(Probe):
         order = range(len(steps) - 1, -1, -1) if self.target == "chained" else range(len(steps))
         predicted: Any = None  # chained: cached predictions of the current source layer
         assert self.train_rows is not None and self.val_rows is not None
-        n_train = len(self.train_rows)
+        train_rows = self.train_rows
+        n_train = len(train_rows)
         for i in order:
             source, target = self.sites[i + 1], self.sites[i]
             tag = f"inverse {source.name}->{target.name}"
@@ -427,10 +429,11 @@ class InversionProbe(Probe):
                 return self._mean_over(self.val_rows, lambda rows: step(pair(rows)))
 
             # batch_size auto: the largest batch that fits, searched once per module, kept for --resume
-            self.batch_size = resolve_batch_size(
-                run, tag, self.batch_option,
-                lambda b, pair=pair, step=step: step(pair(self.train_rows[:b])),  # type: ignore[index]
-                modules=[module], maximum=n_train)
+            def trial(b: int, pair: Any = pair, step: Any = step) -> torch.Tensor:
+                return step(pair(train_rows[:b]))
+
+            self.batch_size = resolve_batch_size(run, tag, self.batch_option, trial, modules=[module],
+                                                 maximum=n_train)
             self._train(run, {"inverse": module}, tag, f"inverse-{i:02d}-{safe_name(source.name)}.pt",
                         batches, step, val_loss)
             run.log(
@@ -460,7 +463,7 @@ class InversionProbe(Probe):
         src = feats if predicted is None else predicted
         src_key = source if predicted is None else "predicted"
 
-        def compute(wanted: Sequence[str]) -> Iterable[dict[str, Any]]:
+        def compute(wanted: Sequence[str]) -> Iterator[dict[str, Any]]:
             with torch.no_grad():
                 for idx in torch.arange(len(feats)).split(max(self.batch_size, 256)):
                     x = src.batch(idx, names=[src_key])[src_key].to(run.device)
@@ -478,7 +481,8 @@ class InversionProbe(Probe):
         self.target_var["input"] = var
         stats_sample = self._stats_sample(feats, [s.name for s in self.sites])
         assert self.train_rows is not None
-        n_train = len(self.train_rows)
+        train_rows = self.train_rows
+        n_train = len(train_rows)
         for depth in range(1, len(self.sites)):
             name = self.sites[depth].name
             if depth == 1 and self._reuse_first():
@@ -506,11 +510,11 @@ class InversionProbe(Probe):
             def val_loss(name: str = name, step: Any = step) -> float:
                 return self._mean_over(self.val_rows, lambda rows: step(feats.batch(rows, names=[name, "input"])))
 
-            self.batch_size = resolve_batch_size(  # batch_size auto: see _fit_modular
-                run, tag, self.batch_option,
-                lambda b, name=name, step=step: step(
-                    feats.batch(self.train_rows[:b], names=[name, "input"])),  # type: ignore[index]
-                modules=[chain], maximum=n_train)
+            def trial(b: int, name: str = name, step: Any = step) -> torch.Tensor:
+                return step(feats.batch(train_rows[:b], names=[name, "input"]))
+
+            # batch_size auto: see _fit_modular
+            self.batch_size = resolve_batch_size(run, tag, self.batch_option, trial, modules=[chain], maximum=n_train)
             self._train(run, {"chain": chain}, tag, f"direct-{depth:02d}-{safe_name(name)}.pt", batches, step,
                         val_loss)
             run.log(f"direct inverse {self.label(name)}->input: {n_parameters(chain):,} parameters, kept epoch "
@@ -528,7 +532,8 @@ class InversionProbe(Probe):
         if kind == "chained":
             assert self.chain is not None
             depth = self.names.index(name) + 1
-            return lambda x: self.chain.reconstruct(x, depth)  # type: ignore[union-attr]
+            chained = self.chain
+            return lambda x: chained.reconstruct(x, depth)
         chain = self.direct[name]
         return lambda x: chain.reconstruct(x, len(chain.steps))
 

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from probekit import CapturePoint, ModelAdapter, SpecError
 from probekit_mamba._backends import BACKENDS, build_mamba, get_backend, set_backend
+
+if TYPE_CHECKING:
+    from transformers import Mamba2Model, MambaModel
 
 
 class MambaAdapter(ModelAdapter):
@@ -52,9 +55,11 @@ class MambaAdapter(ModelAdapter):
             raise SpecError("give exactly one of `name:` and `config:`", path="model",
                             fix="name: a hub id or a local save_pretrained directory; config: a dict of "
                                 "MambaConfig / Mamba2Config fields.")
-        if model is None:
-            model = (self._load(name, head, pretrained, revision, trust_remote_code) if name is not None
-                     else self._from_config(config, arch, head))
+        if model is None and name is not None:
+            model = self._load(name, head, pretrained, revision, trust_remote_code)
+        elif model is None and config is not None:
+            model = self._from_config(config, arch, head)
+        assert model is not None  # exactly one of name, config and model (checked above)
         self.model = set_backend(model, backend, use_conv=use_conv, chunk_size=chunk_size)
         self.name = name
         self.backend = backend
@@ -101,9 +106,10 @@ class MambaAdapter(ModelAdapter):
 
     # -- layers ------------------------------------------------------------------------------
     @property
-    def backbone(self) -> nn.Module:
+    def backbone(self) -> MambaModel | Mamba2Model:
         """The `MambaModel` / `Mamba2Model` (the model itself, or its `backbone`)."""
-        return getattr(self.model, "backbone", self.model)
+        model: Any = self.model  # a MambaModel / Mamba2Model, or a *ForCausalLM that holds one as `backbone`
+        return getattr(model, "backbone", model)
 
     def _prefix(self) -> str:
         return "backbone." if hasattr(self.model, "backbone") else ""
@@ -157,16 +163,16 @@ class MambaAdapter(ModelAdapter):
         ids = torch.randint(0, max(vocab, 1), (batch_size, self.seq_len), generator=gen)
         return ids.to(self.device)
 
-    def preprocess(self, inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def preprocess(self, inputs: torch.Tensor) -> torch.Tensor:
         """Identity: the inputs are token ids or embeddings, already model-ready."""
         return inputs
 
-    def postprocess(self, inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def postprocess(self, inputs: torch.Tensor) -> torch.Tensor:
         """Identity (see `preprocess`)."""
         return inputs
 
     def describe_preprocessing(self) -> dict[str, Any]:
-        mixer = self.backbone.layers[0].mixer
+        mixer = self.backbone.get_submodule("layers.0.mixer")
         return {"inputs": "token ids or embeddings (identity preprocess)", "seq_len": self.seq_len,
                 "use_conv": mixer._probekit_use_conv}
 

@@ -62,6 +62,11 @@ from probekit_mamba import scan as _scan
 BACKENDS = ("auto", "cuda", "cpu-scan", "reference")
 DEFAULT_CHUNK = 32
 
+# A mixer is an instance of transformers' MambaMixer / Mamba2Mixer, whose attributes (set in its __init__, plus
+# the `_probekit_*` ones set_backend adds) nn.Module types as `Tensor | Module`: the functions that patch or
+# replace the library's forward type it `Any` instead (MixerLike).
+MixerLike = Any
+
 __all__ = ["BACKENDS", "available_backends", "build_mamba", "get_backend", "mamba_ssm_available",
            "resolve_backend", "set_backend"]
 
@@ -127,7 +132,7 @@ def _torch_path(fn: Any) -> Any:
     return inspect.unwrap(fn)
 
 
-def _conv(self: Any, version: int, x: torch.Tensor, conv_state: Any, cache: Any, seq_len: int, kernels: bool,
+def _conv(self: MixerLike, version: int, x: torch.Tensor, conv_state: Any, cache: Any, seq_len: int, kernels: bool,
           kwargs: dict[str, Any]) -> torch.Tensor:
     """The mixer's depthwise causal convolution and activation (or only the activation without conv1d),
     as transformers' Mamba (`version` 1) and Mamba2 (2) forwards compute them."""
@@ -159,7 +164,7 @@ def _hooked(module: nn.Module) -> bool:
                 or module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks)
 
 
-def _device_backend(mixer: nn.Module, device: torch.device) -> str:
+def _device_backend(mixer: MixerLike, device: torch.device) -> str:
     backend = resolve_backend(mixer._probekit_backend, device)
     if backend == "cuda":
         _check_cuda(device)
@@ -167,7 +172,7 @@ def _device_backend(mixer: nn.Module, device: torch.device) -> str:
 
 
 # -- Mamba (v1) mixer forward ----------------------------------------------------------------------
-def _mamba_forward(self: nn.Module, hidden_states: torch.Tensor, cache: Any = None,
+def _mamba_forward(self: MixerLike, hidden_states: torch.Tensor, cache: Any = None,
                    attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
     """`MambaMixer.forward` of transformers with the scan taken from the chosen backend."""
     lib = _lib(1)
@@ -237,7 +242,7 @@ def _mamba_forward(self: nn.Module, hidden_states: torch.Tensor, cache: Any = No
 
 
 # -- Mamba2 mixer forward ------------------------------------------------------------------------------
-def _mamba2_forward(self: nn.Module, hidden_states: torch.Tensor, cache: Any = None,
+def _mamba2_forward(self: MixerLike, hidden_states: torch.Tensor, cache: Any = None,
                     attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
     """`Mamba2Mixer.forward` of transformers with the scan taken from the chosen backend."""
     lib = _lib(2)
@@ -317,9 +322,9 @@ class StatePoint(nn.Identity):
     """An identity hook point: the mixer calls it with an SSM state so forward hooks can read it."""
 
 
-def _mixers(model: nn.Module) -> list[tuple[nn.Module, int]]:
+def _mixers(model: nn.Module) -> list[tuple[MixerLike, int]]:
     m1, m2 = _mixer_classes()
-    found = []
+    found: list[tuple[MixerLike, int]] = []
     for module in model.modules():
         if isinstance(module, m2):
             found.append((module, 2))
@@ -421,6 +426,7 @@ def build_mamba(config: dict[str, Any] | Any, *, backend: str = "auto", use_conv
     from transformers import Mamba2ForCausalLM, Mamba2Model, MambaForCausalLM, MambaModel
 
     cfg = _make_config(config, arch)
+    cls: type[nn.Module]
     if cfg.model_type == "mamba2":
         cls = Mamba2ForCausalLM if head else Mamba2Model
     else:

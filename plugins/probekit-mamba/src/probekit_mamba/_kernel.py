@@ -25,7 +25,7 @@ import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -147,10 +147,20 @@ def _call(name: str, dtype: torch.dtype, *args: Any) -> None:
         raise RuntimeError(f"the fused scan kernel ({name}) failed (out of memory?)")
 
 
+@overload
+def _contig(t: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _contig(t: None) -> None: ...
+@overload
+def _contig(t: torch.Tensor | None) -> torch.Tensor | None: ...
 def _contig(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.contiguous()
 
 
+@overload
+def _rows(t: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _rows(t: torch.Tensor | None) -> torch.Tensor | None: ...
 def _rows(t: torch.Tensor | None) -> torch.Tensor | None:
     """`t` with contiguous last dimension (the kernel reads rows of channels), copied only if needed."""
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
@@ -170,11 +180,11 @@ class _Mamba1(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,  # type: ignore[override]
+    def forward(ctx: Any, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None, bias: torch.Tensor | None,
                 init: torch.Tensor | None, softplus: bool, chunk: int, want_states: bool) -> Any:
-        A, D, bias, init = (_contig(t) for t in (A, D, bias, init))
-        u, delta, z, B, C = (_rows(t) for t in (u, delta, z, B, C))
+        A, D, bias, init = _contig(A), _contig(D), _contig(bias), _contig(init)
+        u, delta, z, B, C = _rows(u), _rows(delta), _rows(z), _rows(B), _rows(C)
         b, L, d = u.shape
         n = A.shape[1]
         nc = -(-L // chunk)
@@ -218,9 +228,9 @@ class _Mamba2(torch.autograd.Function):
     """Mamba2's scan. x, y: (b, L, h, p); dt: (b, L, h); A: (h,); B, C: (b, L, g, n); init, last: (b, h, p, n)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor, init: torch.Tensor | None, chunk: int, want_states: bool) -> Any:
-        x, dt, A, B, C, init = (_contig(t) for t in (x, dt, A, B, C, init))
+        x, dt, A, B, C, init = _contig(x), _contig(dt), _contig(A), _contig(B), _contig(C), _contig(init)
         b, L, h, p = x.shape
         g, n = B.shape[2], B.shape[3]
         nc = -(-L // chunk)

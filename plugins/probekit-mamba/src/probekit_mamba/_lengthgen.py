@@ -16,8 +16,9 @@ writes the findings, each a comparison of intervals with its effect size.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from probekit import (
     Trainer,
     compare,
     epoch_seed,
+    num_examples,
 )
 from probekit_mamba._lengthgen_options import LengthGenOptions
 from probekit_mamba._seqmodels import (
@@ -51,6 +53,11 @@ BASELINE = "mean-training-image"  # the `variant` of the baseline rows of result
 FINAL_LR_FRACTION = 0.05  # the cosine schedule ends at lr / 20
 
 
+def _tagged(log: Callable[[str], None], tag: str, message: str) -> None:
+    """`log` the message with a `[tag]` in front."""
+    log(f"[{tag}] {message}")
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """The learning rate of training step `step` (0-based) of `total`, as a fraction of `lr`: a linear
     warm-up over `warmup` steps, then constant or a cosine decay to `FINAL_LR_FRACTION` at the last step."""
@@ -63,17 +70,17 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 class StudyAdam(torch.optim.Adam):
-    """Adam with the study's gradient-norm clipping and a per-step learning-rate schedule.
+    """Adam with a per-step learning-rate schedule (the study's gradient-norm clipping is the `Trainer`'s
+    `grad_clip`, applied before every step).
 
-    `step` clips the gradients' total norm to `clip` (None: no clipping), then sets the learning rate
-    of the step from `schedule(steps done)`. The number of steps done is read from Adam's own state,
-    which the `Trainer` checkpoints, so a resumed run continues the schedule where it stopped.
+    `step` sets the learning rate of the step from `schedule(steps done)`. The number of steps done is
+    read from Adam's own state, which the `Trainer` checkpoints, so a resumed run continues the schedule
+    where it stopped.
     """
 
-    def __init__(self, params: Any, *, lr: float, weight_decay: float, clip: float | None,
-                 schedule: Any):
+    def __init__(self, params: Any, *, lr: float, weight_decay: float, schedule: Any):
         super().__init__(params, lr=lr, weight_decay=weight_decay)
-        self.base_lr, self.clip, self.schedule = lr, clip, schedule
+        self.base_lr, self.schedule = lr, schedule
 
     def steps_done(self) -> int:
         for group in self.param_groups:
@@ -84,10 +91,7 @@ class StudyAdam(torch.optim.Adam):
         return 0
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        if self.clip is not None:
-            params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.clip)
+    def step(self, closure: Any = None) -> Any:
         factor = self.schedule(self.steps_done())
         for group in self.param_groups:
             group["lr"] = self.base_lr * factor
@@ -103,6 +107,8 @@ class LengthGeneralizationProbe(Probe):
         self.options = LengthGenOptions(**options)
         self.models: dict[str, SequenceModel] = {}
         self.losses: dict[str, list[float]] = {}
+        self.best_epochs: dict[str, int] = {}  # with keep: best, the epoch whose weights each variant kept
+        self.val_losses: dict[str, list[float]] = {}  # with keep: best, each variant's validation MSE per epoch
         self._images: dict[str, torch.Tensor] = {}
 
     # -- data ----------------------------------------------------------------------------
@@ -144,11 +150,11 @@ class LengthGeneralizationProbe(Probe):
 
     def dry_run(self, run: RunContext) -> dict[str, Any]:
         o = self.options
-        n = len(run.data.train) if run.data is not None else 0
+        n = num_examples(run.data.train) if run.data is not None else 0
         steps: int | str = (self._steps(n, o.batch_size) if isinstance(o.batch_size, int)
                              else o.steps_per_epoch or "training images // the batch size found")
         return {"variants": list(o.variants), "epochs": o.epochs, "steps_per_epoch": steps,
-                "schedule": f"{o.schedule}, warm-up {o.warmup_steps} steps, lr {o.lr}, clip {o.clip_grad}",
+                "schedule": f"{o.schedule}, warm-up {o.warmup_steps} steps, lr {o.lr}, clip {o.grad_clip}, keep {o.keep}",
                 "train_lengths": list(o.train_lengths), "eval_lengths": o.resolved_eval_lengths(),
                 "prefix_lengths": o.resolved_prefix_lengths()}
 
@@ -173,7 +179,7 @@ class LengthGeneralizationProbe(Probe):
 
     def _fit(self, run: RunContext) -> None:
         o = self.options
-        images = self.images(run, "train")
+        images, validate_on = self._fit_split(run, self.images(run, "train"))
         n, channels, side, _ = images.shape
         a, b = o.train_lengths
         p, q = o.patch_size, o.queries
@@ -196,7 +202,7 @@ class LengthGeneralizationProbe(Probe):
             def schedule(i: int, total: int = total) -> float:
                 return lr_factor(i, total, o.warmup_steps, o.schedule)
 
-            optimizer = StudyAdam(params, lr=o.lr, weight_decay=o.weight_decay, clip=o.clip_grad, schedule=schedule)
+            optimizer = StudyAdam(params, lr=o.lr, weight_decay=o.weight_decay, schedule=schedule)
             safe = variant.replace("/", "_")
 
             def step(batch: Any, model: SequenceModel = model) -> torch.Tensor:
@@ -208,14 +214,55 @@ class LengthGeneralizationProbe(Probe):
 
             trainer = Trainer({"model": model}, optimizer, epochs=o.epochs, seed=run.seed, tag=TRAIN_TAG,
                               checkpoint=run.checkpoint_dir / f"lengthgen-{safe}.pt", progress=run.progress,
-                              log=lambda m, v=variant: run.debug(f"[{v}] {m}"))
+                              log=partial(_tagged, run.debug, variant),
+                              grad_clip=o.grad_clip,
+                              validate=None if validate_on is None else partial(validate_on, model))
             if trainer.epoch:
                 run.log(f"length-generalization: {variant} resumed after epoch {trainer.epoch}/{o.epochs}")
             self.losses[variant] = trainer.fit(batches, step, total=steps)
+            kept = ""
+            best = trainer.restore_best()  # with keep: best (else None: the last weights stay)
+            if best is not None:
+                self.best_epochs[variant], self.val_losses[variant] = best, list(trainer.val_losses)
+                kept = (f"; kept the weights of epoch {best}, validation MSE "
+                        f"{trainer.val_losses[best - 1]:.5f} (last epoch {trainer.val_losses[-1]:.5f})")
             run.log(f"length-generalization: {variant} ({count_parameters(model)} parameters) trained, "
-                    f"final loss {self.losses[variant][-1]:.5f}")
+                    f"final loss {self.losses[variant][-1]:.5f}{kept}")
             model.eval()
             self.models[variant] = model
+
+    def _fit_split(self, run: RunContext, images: torch.Tensor
+                   ) -> tuple[torch.Tensor, Callable[[SequenceModel], float] | None]:
+        """The images trained on and, with `keep: best`, `validate(model) -> float`: the patch MSE on the
+        held-out `val_fraction` of the training images, averaged over lengths a, the middle and b of
+        `train_lengths`, with context and query positions drawn once (the same for every epoch and variant)."""
+        o = self.options
+        if o.keep != "best":
+            return images, None
+        n = len(images)
+        n_val = max(1, round(n * o.val_fraction))
+        if n_val >= n:
+            raise RunError(f"probe.val_fraction {o.val_fraction} of {n} training images leaves none to train "
+                           f"on; lower it or use more training data")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(
+            epoch_seed(run.seed, 0, "length-generalization validation")))
+        fit, val = images[perm[n_val:].sort().values], images[perm[:n_val].sort().values]
+        a, b = o.train_lengths
+        side, p = images.shape[-1], o.patch_size
+        g = torch.Generator().manual_seed(epoch_seed(run.seed, 1, "length-generalization validation"))
+        ctx = sample_positions(len(val), b, side, p, g)
+        qry = sample_positions(len(val), o.queries, side, p, g)
+        target = extract_patches(val, qry, p)
+        lengths = sorted({a, (a + b) // 2, b})
+
+        def validate(model: SequenceModel) -> float:
+            return sum(float(patch_mse(self.predict(model, val, ctx[:, :length], qry, run.device,
+                                                    o.eval_batch_size), target))
+                       for length in lengths) / len(lengths)
+
+        run.log(f"length-generalization: keeping each variant's epoch with the lowest MSE on {n_val} validation "
+                f"images (lengths {lengths}); training on the other {n - n_val}")
+        return fit, validate
 
     def _batch_size(self, run: RunContext, images: torch.Tensor) -> int:
         """`batch_size`, or with `auto` the largest batch at which every variant trains at the longest
@@ -312,6 +359,8 @@ class LengthGeneralizationProbe(Probe):
             "final_train_loss": {v: self.losses[v][-1] for v in self.losses},
             "mse_mean_image_baseline": baseline,
         }
+        if self.best_epochs:  # keep: best
+            results["best_epoch"] = dict(self.best_epochs)
         curves = {v: {n: Interval.of([mse[v][n]]) for n in lengths} for v in mse}
         in_range = {v: Interval.of([x]) for v, x in train_range.items() if x is not None}
         log_curves = {v: {n: Interval.of([math.log(mse[v][n])]) for n in lengths} for v in mse}
@@ -472,7 +521,10 @@ class LengthGeneralizationProbe(Probe):
         lines.append(f"| {BASELINE} | 0 | " + " | ".join(cell(base) for _ in lengths) + f" | {cell(base)} | 1.00 |")
         seeds_text = (f"mean ± half-width of the 95 % interval over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
                       if many else f"one seed ({seeds[0]}): no intervals, no finding is tested")
-        clip = f"gradient norm clipped to {o.clip_grad}" if o.clip_grad else "no gradient clipping"
+        clip = f"gradient norm clipped to {o.grad_clip}" if o.grad_clip else "no gradient clipping"
+        if self.best_epochs:
+            clip += (", the weights of the epoch with the lowest validation MSE ("
+                     + ", ".join(f"{v}: epoch {e}" for v, e in self.best_epochs.items()) + ")")
         sched = (f"{o.schedule} schedule" + (f" after {o.warmup_steps} warm-up steps" if o.warmup_steps else ""))
         lines += ["", f"MSE per pixel on the query patches (pixels in [0, 1]), {seeds_text}; `*` marks the "
                       f"training lengths [{a}, {b}]. `{BASELINE}`: predicting every query patch by the mean "

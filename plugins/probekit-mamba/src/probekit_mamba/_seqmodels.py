@@ -169,13 +169,16 @@ class MambaSequenceModel(SequenceModel):
         self.mamba = build_mamba_backbone(d_model, n_layers, state_size, expand, use_conv=use_conv,
                                           backend=backend)
         self.mamba.embeddings.requires_grad_(False)  # never used: inputs_embeds are given
+        from probekit_mamba._backends import _mixers
+
+        mixers = [mixer for mixer, _ in _mixers(self.mamba)]  # one per layer, in depth order
         if not use_conv:
-            for layer in self.mamba.layers:  # bypassed, kept only for the library's checkpoint layout
-                layer.mixer.conv1d.requires_grad_(False)
+            for mixer in mixers:  # bypassed, kept only for the library's checkpoint layout
+                mixer.conv1d.requires_grad_(False)
         self.dt_shifts: list[_DtLengthShift] = []
         if dt_scaling:
-            for layer in self.mamba.layers:
-                dt_proj = layer.mixer.dt_proj
+            for mixer in mixers:
+                dt_proj = mixer.dt_proj
                 shift = _DtLengthShift(dt_proj.bias.shape[0])
                 parametrize.register_parametrization(dt_proj, "bias", shift)
                 self.dt_shifts.append(shift)

@@ -81,7 +81,7 @@ class _LinearRecurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         a, x = a.contiguous(), x.contiguous()
         h = torch.empty_like(x)
         h[0] = x[0]
@@ -92,7 +92,7 @@ class _LinearRecurrence(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def backward(ctx, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a, h = ctx.saved_tensors
         dh = dh.contiguous()
         g = torch.empty_like(dh)  # gradient w.r.t. x: dL/dh[i] including all later steps
@@ -113,14 +113,14 @@ class _ReadOut(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, local: torch.Tensor, from_start: torch.Tensor, starts: torch.Tensor,  # type: ignore[override]
+    def forward(ctx, local: torch.Tensor, from_start: torch.Tensor, starts: torch.Tensor,
                 C: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(local, from_start, starts, C)
         return (torch.addcmul(local, from_start, starts) * C).sum(-1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         local, from_start, starts, C = ctx.saved_tensors
         need_local, need_from, need_starts, need_c = ctx.needs_input_grad
         gyc = gy[..., None] * C
@@ -169,11 +169,12 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         def c(v: torch.Tensor | None) -> torch.Tensor | None:
             return None if v is None else v.to(cdt)
 
-        def lc(v: torch.Tensor | None) -> torch.Tensor | None:  # (b, x, L) -> (b, L, x) views, no copies
-            return None if v is None else v.to(cdt).transpose(1, 2)
+        def lc(v: torch.Tensor) -> torch.Tensor:  # (b, x, L) -> (b, L, x) views, no copies
+            return v.to(cdt).transpose(1, 2)
 
-        y, last, *every = _kernel.mamba1_scan(lc(u), lc(delta), c(A), lc(B), lc(C), c(D), lc(z), c(delta_bias),
-                                              delta_softplus, chunk=chunk_size, return_states=return_states)
+        y, last, *every = _kernel.mamba1_scan(lc(u), lc(delta), A.to(cdt), lc(B), lc(C), c(D),
+                                              None if z is None else lc(z), c(delta_bias), delta_softplus,
+                                              chunk=chunk_size, return_states=return_states)
         extra = [last] * return_last_state + every
         y = y.transpose(1, 2).to(in_dtype)
         return (y, *(e.to(in_dtype) for e in extra)) if extra else y
@@ -216,7 +217,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     #    only built when asked for)
     y = _ReadOut.apply(local_states, from_start, starts, C_c)
     y = y.permute(1, 2, 3, 0).reshape(batch, d, nc * t)[..., :length]
-    extra: list[torch.Tensor] = []
+    extra = []
     if return_last_state:
         # the padded tail has decay 1 and input 0, so the last padded state is the state after L
         extra.append(torch.addcmul(local_states[-1, :, :, -1], from_start[-1, :, :, -1], starts[0, :, :, -1]))
@@ -307,12 +308,12 @@ def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     if D is not None:
         y = y + xf * D.to(cdt)[:, None]
     y = y.to(x.dtype)
-    extra: list[torch.Tensor] = []
+    extra = []
     if return_final_states:
         extra.append(final.to(x.dtype))
     if return_states:
         # h_t = exp(S_t) h_start + sum_{s<=t} exp(S_t - S_s) dt_s x_s B_s^T  (b, c, t, h, p, n)
         local = torch.einsum("bhcls,bcshp,bcshn->bclhpn", within, xdt, B_c)
-        every = local + torch.einsum("bhcl,bchpn->bclhpn", from_start, starts)
-        extra.append(every.reshape(batch, nc * t, heads, head_dim, n)[:, :length].to(x.dtype))
+        states = local + torch.einsum("bhcl,bchpn->bclhpn", from_start, starts)
+        extra.append(states.reshape(batch, nc * t, heads, head_dim, n)[:, :length].to(x.dtype))
     return (y, *extra) if extra else y

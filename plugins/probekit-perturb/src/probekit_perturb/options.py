@@ -135,7 +135,7 @@ class AttributionMetricOptions(Options):
         description="integrated-gradients, saliency, gradient-x-input, occlusion or grad-cam.",
     )
     perturbation: PerturbationSpec = Field(
-        default_factory=lambda: PerturbationSpec(type="noise", std=0.05),
+        default_factory=lambda: PerturbationSpec.model_validate({"type": "noise", "std": 0.05}),
         description="The perturbation I of the metric, a registered one.",
     )
     n_perturb_samples: int = Field(10, ge=1, description="Perturbed copies per example.")

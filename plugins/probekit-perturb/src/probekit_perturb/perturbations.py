@@ -13,6 +13,8 @@ hook, so probes find them with `run.perturbation(name, **options)`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from probekit_perturb.color import hsv_to_rgb, luminance, rgb_to_hsv
@@ -263,7 +265,7 @@ def box_mask(region: list[float] | tuple[float, ...], images: torch.Tensor) -> t
 class InRegion:
     """A perturbation restricted to a box of every image: `perturb(images, mask=box, generator=...)`."""
 
-    def __init__(self, perturb: Perturbation, region: list[float] | tuple[float, ...]):
+    def __init__(self, perturb: Callable[..., torch.Tensor], region: list[float] | tuple[float, ...]):
         self.perturb, self.region = perturb, tuple(region)
 
     def __call__(

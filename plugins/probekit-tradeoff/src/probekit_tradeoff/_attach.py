@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from probekit import FeatureSet, RunContext, SpecError
+
+if TYPE_CHECKING:
+    from probekit_tradeoff._models import TradeoffModel
 
 
 class Attached:
@@ -74,7 +77,7 @@ class Attached:
         return states[self.layer]
 
     def inputs(
-        self, split: Any, name: str, model: torch.nn.Module
+        self, split: Any, name: str, model: TradeoffModel
     ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor] | None]:
         if self.trainable:
             return (lambda idx: split.images[idx]), (lambda images: model.encoder(self.states(images)))

@@ -146,7 +146,7 @@ def cnn_encoder(family: str, in_shape: Sequence[int], latent: int, activation: s
 
 def _up(cin: int, cout: int, size_in: tuple[int, int], size_out: tuple[int, int]) -> nn.ConvTranspose2d:
     """A stride-2 transposed conv from `size_in` to exactly `size_out` (= 2 * size_in or one less)."""
-    pad = tuple(o - 2 * i + 1 for i, o in zip(size_in, size_out))
+    pad = (size_out[0] - 2 * size_in[0] + 1, size_out[1] - 2 * size_in[1] + 1)
     assert all(p in (0, 1) for p in pad), (size_in, size_out)
     return nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=pad)
 

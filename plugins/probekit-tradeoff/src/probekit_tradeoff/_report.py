@@ -89,8 +89,8 @@ class Curves:
         have no `lambda`, the trivial row (family `trivial`) no `latent` either."""
         seeds = sorted({int(r["seed"]) for r in rows})
         points: dict[tuple[str, int], dict[int, list[dict[str, Any]]]] = {}
-        base: dict[tuple[str, int], dict[str, list[float]]] = {}
-        trivial: dict[str, list[float]] = {}
+        base: dict[tuple[str, int], dict[str, list[float | None]]] = {}  # None: missing (Interval.of skips it)
+        trivial: dict[str, list[float | None]] = {}
         for r in rows:
             if r["family"] == TRIVIAL:
                 for m in ("accuracy", "test_mse", "test_ce"):

@@ -15,11 +15,13 @@ gives the decoder d MSE, the classifier d CE, and the encoder
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+if TYPE_CHECKING:
+    from probekit_tradeoff._models import TradeoffModel
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -53,7 +55,7 @@ class RoutedLosses:
 
 
 def routed_losses(
-    model: nn.Module,
+    model: TradeoffModel,
     inputs: torch.Tensor,
     target: torch.Tensor,
     labels: torch.Tensor,

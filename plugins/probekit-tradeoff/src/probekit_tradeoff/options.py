@@ -65,7 +65,7 @@ class TradeoffOptions(Options):
 
     families: list[Literal["fc-small", "fc-medium", "fc-large", "cnn-small", "cnn-large", "vit-tiny"]] = (
         Field(
-            default_factory=lambda: ["fc-medium"],
+            default=["fc-medium"],  # pydantic copies a mutable default for every instance
             min_length=1,
             description="Model families to sweep: " + ", ".join(FAMILIES) + ".",
         )
@@ -98,7 +98,7 @@ class TradeoffOptions(Options):
         "latent is its encoder's normalised tokens, as in the study, whatever this option says.",
     )
     baselines: list[Literal["pca", "random"]] = Field(
-        default_factory=lambda: ["pca", "random"],
+        default=["pca", "random"],
         description="Linear baselines at each latent size: PCA and a Gaussian random projection.",
     )
     baseline_iters: int = Field(

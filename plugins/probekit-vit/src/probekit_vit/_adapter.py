@@ -170,7 +170,7 @@ class VitAdapter(ModelAdapter):
         else:
             model = cls(config)
         self.model = model
-        base: nn.Module = model.vit if classify else model
+        base: nn.Module = model.get_submodule("vit") if classify else model
         prefix = "vit." if classify else ""
         size = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
         patch = (
@@ -183,9 +183,9 @@ class VitAdapter(ModelAdapter):
         self.num_classes = int(config.num_labels) if classify else 0
         self.mean, self.std, self.interpolation = _hf_preprocessing(src, self.input_shape)
 
-        blocks_path = _find_layer_list(base)
+        blocks_path, blocks = _find_layer_list(base)
         points: dict[str, CapturePoint] = {"embed": CapturePoint(f"{prefix}embeddings")}
-        for i in range(len(base.get_submodule(blocks_path))):
+        for i in range(len(blocks)):
             path = f"{prefix}{blocks_path}.{i}"
             # ViTLayer: x = x + attn(layernorm_before(x)); layernorm_after reads exactly that residual
             points[f"block.{i}.attn"] = CapturePoint(f"{path}.layernorm_after", input=True)
@@ -201,9 +201,10 @@ class VitAdapter(ModelAdapter):
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if (missing or unexpected) and self.source == "timm":
             # checkpoints in their original release format (or another img_size): timm's own converter
-            from timm.models.vision_transformer import checkpoint_filter_fn
+            from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
             try:
+                assert isinstance(self.model, VisionTransformer)  # checked when a timm model is built
                 state = checkpoint_filter_fn(state, self.model)
                 missing, unexpected = self.model.load_state_dict(state, strict=False)
             except Exception:  # noqa: BLE001 - the converter fails on unrelated files; report the mismatch
@@ -227,7 +228,8 @@ class VitAdapter(ModelAdapter):
         blocks = [n for n in self.capture_points() if n.startswith("block.") and n.count(".") == 1]
         heads = getattr(getattr(self.model, "config", None), "num_attention_heads", None)
         if heads is None:
-            heads = self.model.blocks[0].attn.num_heads
+            attn: Any = self.model.get_submodule("blocks.0.attn")  # timm's Attention
+            heads = attn.num_heads
         return [{"layer": "embed"}, {"layer": blocks[-1], "depth": len(blocks), "heads": int(heads)}]
 
     def capture_points(self) -> dict[str, CapturePoint]:
@@ -246,7 +248,7 @@ class VitAdapter(ModelAdapter):
             "patch_grid": list(self.grid),
             "num_prefix_tokens": self.num_prefix_tokens,
             "patch_size": list(self.patch_size),
-            "image_size": list(self.input_shape[1:]),
+            "image_size": list(self.known_input_shape()[1:]),
         }
 
     def describe_preprocessing(self) -> dict[str, Any]:
@@ -282,8 +284,8 @@ def _hf_preprocessing(
         )
         return ((0.5,) * input_shape[0], (0.5,) * input_shape[0], "bilinear")
     size = getattr(proc, "size", None)
-    height = size.get("height") if hasattr(size, "get") else None
-    width = size.get("width") if hasattr(size, "get") else None
+    height = size.get("height") if size is not None and hasattr(size, "get") else None
+    width = size.get("width") if size is not None and hasattr(size, "get") else None
     if height and width and (int(height), int(width)) != tuple(input_shape[1:]):
         LOG.warning(
             f"image processor size {height}x{width} differs from the model's image_size "
@@ -297,15 +299,15 @@ def _hf_preprocessing(
     return mean, std, PIL_INTERPOLATION.get(int(resample) if resample is not None else 2, "bilinear")
 
 
-def _find_layer_list(base: nn.Module) -> str:
-    """Path of the `ModuleList` of ViT layers (`layers`; `encoder.layer` before transformers 5)."""
+def _find_layer_list(base: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Path and module of the `ModuleList` of ViT layers (`layers`; `encoder.layer` before transformers 5)."""
     for path, module in base.named_modules():
         if (
             isinstance(module, nn.ModuleList)
             and len(module)
             and all(hasattr(m, "layernorm_after") for m in module)
         ):
-            return path
+            return path, module
     raise SpecError(
         f"no ViT layers found in {type(base).__name__}",
         path="model.name",
