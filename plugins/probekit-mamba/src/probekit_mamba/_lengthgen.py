@@ -154,7 +154,8 @@ class LengthGeneralizationProbe(Probe):
         steps: int | str = (self._steps(n, o.batch_size) if isinstance(o.batch_size, int)
                              else o.steps_per_epoch or "training images // the batch size found")
         return {"variants": list(o.variants), "epochs": o.epochs, "steps_per_epoch": steps,
-                "schedule": f"{o.schedule}, warm-up {o.warmup_steps} steps, lr {o.lr}, clip {o.grad_clip}, keep {o.keep}",
+                "schedule": f"{o.schedule}, warm-up {o.warmup_steps} steps, lr {o.lr}, clip {o.grad_clip}",
+                "keep": o.keep,
                 "train_lengths": list(o.train_lengths), "eval_lengths": o.resolved_eval_lengths(),
                 "prefix_lengths": o.resolved_prefix_lengths()}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -49,14 +49,29 @@ class LengthGenOptions(Options):
         "constant", description="Learning rate over the training steps after the warm-up: constant (the "
                                 "study's), or a cosine decay from lr to lr / 20 at the last step.")
     warmup_steps: int = Field(0, ge=0, description="Steps of linear learning-rate warm-up from lr / warmup_steps.")
-    clip_grad: float | None = Field(
-        1.0, gt=0, description="Clip the gradient norm of each step to this (the study: 1.0); null: no clipping.")
+    grad_clip: float | None = Field(
+        1.0, gt=0, description="Clip the gradients' global L2 norm to this before every step (the study: 1.0); "
+                               "null: no clipping. As `model.train`'s `grad_clip`.")
+    keep: Literal["last", "best"] = Field(
+        "last", description="Which weights of every variant are evaluated: the last epoch's, or the epoch's with "
+                            "the lowest patch MSE on a validation split of val_fraction of the training images "
+                            "(which are then not trained on), at lengths a, the middle and b of train_lengths. "
+                            "As `model.train`'s `keep`.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the training images held out for "
+                                                             "validation when keep is best.")
     weight_decay: float = Field(0.0, ge=0)
     eval_images: int = Field(256, ge=1, description="Test images evaluated at every length.")
     eval_batch_size: int = Field(128, ge=1)
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads while the probe runs (default: torch's); these models are "
                                 "tiny, and 1 thread avoids spin-waiting on a busy machine.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "clip_grad" in data:
+            raise ValueError("`clip_grad` is now `grad_clip` (the name model.train and every training probe use)")
+        return data
 
     @field_validator("train_lengths")
     @classmethod

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from probekit import (
+    CorruptCheckpointError,
     Probe,
     RunContext,
     RunError,
@@ -20,13 +21,16 @@ from probekit import (
     Trainer,
     all_gather,
     alone,
-    atomic_open,
     batches_of,
     epoch_seed,
     group_size,
+    load_safetensors,
     rank_batches,
+    read_checked_json,
     resolve_batch_size,
+    save_safetensors,
     spread,
+    write_checked_json,
     write_json,
 )
 from probekit_tradeoff._models import TradeoffModel, build_model
@@ -76,6 +80,9 @@ class TradeoffProbe(Probe):
         encoder: dict[str, Any] | None = None,
         reconstructions: int = 8,
         distribute: str = "batches",
+        grad_clip: float | None = None,
+        keep: str = "last",
+        val_fraction: float = 0.1,
     ):
         self.families = list(families or ["fc-medium"])
         self.latents = list(latents or [2, 4, 16, 64])
@@ -88,6 +95,7 @@ class TradeoffProbe(Probe):
         self.encoder_spec = encoder
         self.n_recon = reconstructions
         self.distribute = distribute
+        self.grad_clip, self.keep, self.val_fraction = grad_clip, keep, val_fraction
         self.rows: list[dict[str, Any]] = []
         self.baseline_rows: list[dict[str, Any]] = []
         self.recon: dict[str, list[list[float]]] = {}
@@ -149,9 +157,11 @@ class TradeoffProbe(Probe):
                 )
 
     def _log_point(self, run: RunContext, i: int, n: int, row: dict[str, Any]) -> None:
+        kept = (f" (weights of epoch {row['best_epoch']}, the lowest validation loss)"
+                if row.get("best_epoch") is not None else "")
         run.log(
             f"tradeoff [{i + 1}/{n}] {row['family']} L={row['latent']} lambda={row['lambda']:g}: accuracy "
-            f"{row['accuracy']:.4f}, test MSE {row['test_mse']:.4f}, test CE {row['test_ce']:.4f}"
+            f"{row['accuracy']:.4f}, test MSE {row['test_mse']:.4f}, test CE {row['test_ce']:.4f}{kept}"
         )
 
     def _spread_points(self, run: RunContext, points: list[tuple[str, int, float]], train: Split,
@@ -215,15 +225,13 @@ class TradeoffProbe(Probe):
         stem = point_name(family, latent, lam)
         result_path = run.checkpoint_dir / f"{stem}.json"
         train_ckpt = run.checkpoint_dir / f"{stem}.pt"
+        weights_path = run.checkpoint_dir / f"{stem}.safetensors"
         config = self._config(family, latent, lam)
-        if result_path.exists():
-            saved = json.loads(result_path.read_text())
-            if saved.get("config") == config:
-                train_ckpt.unlink(missing_ok=True)  # left over from a kill between the two writes below
-                self.recon[stem] = saved.get("reconstructions", [])
-                return {k: saved[k] for k in COLUMNS if k in saved}
-            run.log(f"tradeoff: {result_path.name} was written with other settings; training again")
-            result_path.unlink()
+        saved = self._finished_point(run, result_path, weights_path, config)
+        if saved is not None:
+            train_ckpt.unlink(missing_ok=True)  # left over from a kill between the two writes below
+            self.recon[stem] = saved.get("reconstructions", [])
+            return {k: saved[k] for k in [*COLUMNS, "best_epoch"] if k in saved}
         model = self._build(run, family, latent)
         modules: dict[str, torch.nn.Module] = {"model": model}
         params = list(model.parameters())
@@ -233,6 +241,25 @@ class TradeoffProbe(Probe):
             modules["backbone"] = attached.adapter.model
             params += [p for p in attached.adapter.model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=self.lr)
+        inputs, encode = self._inputs(train, "train", model)
+        fit_rows, val_rows = self._fit_rows(run, len(train.labels))
+        n = len(fit_rows)
+
+        def loss_of(rows: torch.Tensor) -> torch.Tensor:
+            rows = rows.to(train.images.device)
+            target = train.images[rows] * 2 - 1
+            return routed_losses(model, inputs(rows), target, train.labels[rows], lam, encode=encode).loss
+
+        def step(idx: torch.Tensor) -> torch.Tensor:  # idx: positions in fit_rows
+            return loss_of(fit_rows[idx])
+
+        def validate() -> float:  # the training loss on the held-out rows (the trainer sets eval mode)
+            assert val_rows is not None
+            total = 0.0
+            for part in batches_of(len(val_rows), 1024):
+                total += float(loss_of(val_rows[part])) * len(part)
+            return total / len(val_rows)
+
         trainer = Trainer(
             modules,
             optimizer,
@@ -242,14 +269,9 @@ class TradeoffProbe(Probe):
             tag=f"tradeoff {family} L{latent}",
             progress=run.progress,
             log=lambda m: run.debug(f"[lambda={lam:g}] {m}"),
+            grad_clip=self.grad_clip,
+            validate=validate if val_rows is not None else None,
         )
-        inputs, encode = self._inputs(train, "train", model)
-        n = len(train.labels)
-
-        def step(idx: torch.Tensor) -> torch.Tensor:
-            idx = idx.to(train.images.device)
-            target = train.images[idx] * 2 - 1
-            return routed_losses(model, inputs(idx), target, train.labels[idx], lam, encode=encode).loss
 
         # batch_size auto: the largest batch that fits, searched once per (family, latent) (every lambda
         # then trains with the same size) and kept in checkpoints/ for --resume
@@ -259,22 +281,44 @@ class TradeoffProbe(Probe):
         losses = trainer.fit(
             lambda g: rank_batches(n, self.batch_size, g), step, total=math.ceil(n / self.batch_size), sharded=True
         )
+        best_epoch = trainer.restore_best() if val_rows is not None else None
         metrics, recon = self._evaluate_model(model, test, lam)
         row = {"family": family, "latent": latent, "lambda": lam, **metrics,
                "readout_accuracy": self._readout_accuracy(model, train, test)}
-        # weights (without optimizer state) and results, then drop the training checkpoint: a kill
-        # at any point leaves either the checkpoint or the finished point
-        from safetensors.torch import save
-
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        with atomic_open(run.checkpoint_dir / f"{stem}.safetensors", "wb") as f:
-            f.write(save(state))
+        if best_epoch is not None:
+            row["best_epoch"] = best_epoch
+        # weights (without optimizer state) and results, both checksummed, then drop the training
+        # checkpoint: a kill at any point leaves either the checkpoint or the finished point
+        save_safetensors(model.state_dict(), weights_path)
         self.recon[stem] = recon
-        write_json(
-            result_path, {**row, "config": config, "train_losses": losses, "reconstructions": recon}
+        write_checked_json(
+            result_path, {**row, "config": config, "train_losses": losses, "val_losses": trainer.val_losses,
+                          "reconstructions": recon}
         )
         train_ckpt.unlink(missing_ok=True)
         return row
+
+    @staticmethod
+    def _finished_point(run: RunContext, result_path: Path, weights_path: Path,
+                        config: dict[str, Any]) -> dict[str, Any] | None:
+        """The saved results of a point finished with these settings when they and its weights are
+        whole; None when it must be trained (not yet, other settings, or a damaged file: logged)."""
+        if not result_path.exists():
+            return None
+        try:
+            saved = read_checked_json(result_path)
+            if saved.get("config") != config:
+                run.log(f"tradeoff: {result_path.name} was written with other settings; training again")
+                result_path.unlink()
+                return None
+            load_safetensors(weights_path)  # checked only: the results do not need them, their users do
+        except CorruptCheckpointError as exc:
+            run.log(f"tradeoff: {exc}; training the point again")
+            return None
+        except FileNotFoundError:
+            run.log(f"tradeoff: {weights_path.name} is missing; training the point again")
+            return None
+        return saved
 
     def _config(self, family: str, latent: int, lam: float) -> dict[str, Any]:
         return {
@@ -285,10 +329,25 @@ class TradeoffProbe(Probe):
             "batch_size": self.batch_option,
             "lr": self.lr,
             "latent_activation": self.latent_activation,
+            "grad_clip": self.grad_clip,
+            "keep": self.keep,
+            "val_fraction": self.val_fraction if self.keep == "best" else None,
             "encoder": None
             if self.encoder_spec is None
             else json.loads(json.dumps(self.encoder_spec, default=str)),
         }
+
+    def _fit_rows(self, run: RunContext, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training rows every sweep point trains on and, with `keep: best`, the validation rows held
+        out from them (`val_fraction`, the same for every point of a seed: a paired comparison)."""
+        if self.keep != "best":
+            return torch.arange(n), None
+        n_val = max(1, round(n * self.val_fraction))
+        if n_val >= n:
+            raise SpecError(f"val_fraction {self.val_fraction} of {n} training images leaves none to train on",
+                            path="probe.val_fraction", fix="Lower val_fraction or use more training data.")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(run.seed, 0, "tradeoff val")))
+        return perm[n_val:].sort().values, perm[:n_val].sort().values
 
     def _inputs(
         self, split: Split, name: str, model: TradeoffModel
@@ -357,7 +416,11 @@ class TradeoffProbe(Probe):
         path = run.checkpoint_dir / f"tradeoff-{kind}-L{latent}.json"
         config = {"kind": kind, "latent": latent, "iters": self.baseline_iters, "seed": run.seed}
         if path.exists():
-            saved = json.loads(path.read_text())
+            try:
+                saved = read_checked_json(path)
+            except CorruptCheckpointError as exc:
+                run.log(f"tradeoff baseline {kind} L={latent}: {exc}; computing it again")
+                saved = {}
             if saved.get("config") == config:
                 return {k: saved.get(k) for k in COLUMNS}
         row = baseline(
@@ -376,7 +439,7 @@ class TradeoffProbe(Probe):
                 f"tradeoff baseline {kind} L={latent}: only {row['components']} components exist "
                 f"(the images have {row['components']} pixels)"
             )
-        write_json(path, {**row, "config": config})
+        write_checked_json(path, {**row, "config": config})
         return {k: row.get(k) for k in COLUMNS}
 
     # -- results ------------------------------------------------------------------------------------
@@ -391,7 +454,11 @@ class TradeoffProbe(Probe):
             family = self.families[0]
             recon = {(L, lam): self.recon.get(point_name(family, L, lam)) for L in self.latents for lam in self.lambdas}
             reconstructions(run, self.examples, recon, family, self.latents, self.lambdas, run.seed)
-        return self._summarize(run, Curves.from_rows([{**r, "seed": run.seed} for r in rows]))
+        results = self._summarize(run, Curves.from_rows([{**r, "seed": run.seed} for r in rows]))
+        if self.keep == "best":  # the epoch whose weights each sweep point kept
+            results["best_epoch"] = {f"{r['family']} L{r['latent']} lambda={r['lambda']:g}": r["best_epoch"]
+                                     for r in self.rows}
+        return results
 
     def summarize(self, run: RunContext, results: SeedResults) -> None:
         """With `seeds:`: the figures, findings and report from `results.csv` combined over the seeds
@@ -451,7 +518,6 @@ def example_indices(labels: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def load_point_weights(run_dir: str | Path, family: str, latent: int, lam: float) -> dict[str, torch.Tensor]:
-    """The trained weights of one finished sweep point of a run directory."""
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(run_dir) / "checkpoints" / f"{point_name(family, latent, lam)}.safetensors"))
+    """The trained weights of one finished sweep point of a run directory (checksum checked: a damaged
+    file raises `CorruptCheckpointError` naming it)."""
+    return load_safetensors(Path(run_dir) / "checkpoints" / f"{point_name(family, latent, lam)}.safetensors")

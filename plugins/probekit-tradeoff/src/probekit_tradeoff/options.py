@@ -91,6 +91,19 @@ class TradeoffOptions(Options):
     lr: float = Field(
         1e-3, gt=0, description="Adam learning rate for encoder, decoder and classifier (the study: 1e-3)."
     )
+    grad_clip: float | None = Field(
+        None, gt=0, description="Clip the gradients' global L2 norm to this before every step (default: no "
+        "clipping), as `model.train`'s `grad_clip`."
+    )
+    keep: Literal["last", "best"] = Field(
+        "last",
+        description="Which weights of every sweep point are evaluated: the last epoch's, or the epoch's with "
+        "the lowest training loss (`lambda * MSE + (1 - lambda) * CE`) on a validation split of val_fraction "
+        "of the training images (which are then not trained on), as `model.train`'s `keep`.",
+    )
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of the training images held out for validation when keep is best."
+    )
     latent_activation: Literal["none", "relu", "tanh"] = Field(
         "none",
         description="Activation on the latent layer of the fc-* and cnn-* families. The study's FC "
