@@ -14,7 +14,7 @@ import io
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from probekit import _checkpoint as ckpt
 from probekit._adapter import ModelAdapter, check_probe_layers
 from probekit._cache import FeatureCache, FeatureSet, cache_key, default_cache_dir
-from probekit._data import SPLIT_VERSION, DataBundle, build_data
+from probekit._data import SPLIT_VERSION, DataBundle, build_data, num_examples
 from probekit._errors import RunError, SpecError
 from probekit._logging import route_to_run, unroute
 from probekit._metric import Metric
@@ -80,6 +80,20 @@ class Run:
         self._lock: Any = None  # the run directory's lock (rank 0), held until the run ends
         self.shard: Shard | None = None  # --shard I/N: this process runs only that part of `seeds:`
         self._heartbeat: Any = None  # progress lines on stderr when it is not a terminal (_progress)
+
+    def require_model(self) -> ModelAdapter:
+        """The model adapter; a RunError when the run has none (its spec has no `model:`)."""
+        if self.model is None:
+            raise RunError("this step needs the run's model, and the spec has no `model:` section (or it is "
+                           "not built yet)")
+        return self.model
+
+    def require_data(self) -> DataBundle:
+        """The data bundle; a RunError when the run has none (its spec has no `data:`)."""
+        if self.data is None:
+            raise RunError("this step needs the run's data, and the spec has no `data:` section (or it is not "
+                           "loaded yet)")
+        return self.data
 
     # -- logging and progress --------------------------------------------------------
     def log(self, message: str) -> None:
@@ -168,16 +182,16 @@ class Run:
         dtype = dtype or self.spec.cache_dtype
         dataset = self.data.train if split == "train" else self.data.test
         base = {"model": model.fingerprint(), "data": self.data_fingerprint(), "split": split,
-                "n": len(dataset), "dtype": dtype, "transform": transform_id if transform else ""}
+                "n": num_examples(dataset), "dtype": dtype, "transform": transform_id if transform else ""}
         names = list(layers) + (["input"] if include_input else []) + ["labels"]
         keys = {n: cache_key(layer=n, **(base if n in layers else {**base, "transform": ""})) for n in names}
 
-        def compute(wanted: Sequence[str], rows: range | None = None) -> Iterable[dict[str, Any]]:
+        def compute(wanted: Sequence[str], rows: range | None = None) -> Iterator[dict[str, Any]]:
             real = [n for n in wanted if n not in ("input", "labels")]
             model.model.eval()
             part = dataset if rows is None else torch.utils.data.Subset(dataset, rows)
             loader = self.loader(part)
-            self.log(f"feature cache: computing {', '.join(wanted)} for {len(dataset)} {split} examples"
+            self.log(f"feature cache: computing {', '.join(wanted)} for {num_examples(dataset)} {split} examples"
                      + (f" ({distributed.world_size()} processes)" if rows is not None else ""))
             from probekit._training import StopRequested, stop_requested
 
@@ -199,7 +213,7 @@ class Run:
 
         cache = FeatureCache(self.cache_dir / "features", log=self.log)
         # in a distributed run every rank computes and writes its share of the rows
-        return FeatureSet(cache.get(keys, compute, dtype=dtype, info={"split": split}, length=len(dataset)))
+        return FeatureSet(cache.get(keys, compute, dtype=dtype, info={"split": split}, length=num_examples(dataset)))
 
     def data_fingerprint(self) -> dict[str, Any]:
         """What identifies the run's data (source, options, limits, seed): part of cache keys."""
@@ -348,11 +362,7 @@ def _prepare_shard(loaded: LoadedSpec, run_dir: Path, shard: Shard, *, resume: b
     if kept and not files.is_run_dir(run_dir):
         raise SpecError(f"refusing to run a part in {run_dir}: it is not a probekit run directory (it holds "
                         f"{', '.join(sorted(kept)[:5])})", path="-o", fix="Use another -o RUN_DIR.")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise SpecError(f"cannot create the run directory {run_dir}: a part of its path is a file", path="-o",
-                        fix="Give a directory path.") from None
+    _create_run_dir(run_dir)
     whole = files.RunLock(run_dir)
     if (run_dir / files.LOCK).is_file():  # a whole run of the spec going on in the same directory
         _claim(whole, run_dir)
@@ -382,6 +392,14 @@ def _prepare_shard(loaded: LoadedSpec, run_dir: Path, shard: Shard, *, resume: b
     prepared._lock = lock
     prepared.shard = shard
     return prepared
+
+
+def _create_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise SpecError(f"cannot create the run directory {run_dir}: a part of its path is a file", path="-o",
+                        fix="Give a directory path.") from None
 
 
 def _check_same_spec(loaded: LoadedSpec, run_dir: Path, option: str) -> None:
@@ -429,11 +447,7 @@ def _prepare_locked(loaded: LoadedSpec, run_dir: Path, lock: Any, *, resume: boo
     if links and not (overwrite and not resume):  # --overwrite removes links without following them
         raise SpecError(f"{run_dir} holds symbolic links ({', '.join(sorted(links)[:5])}); a run writes only "
                         f"its own files", path="-o", fix="Remove the links, or use another -o RUN_DIR.")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise SpecError(f"cannot create the run directory {run_dir}: a part of its path is a file", path="-o",
-                        fix="Give a directory path.") from None
+    _create_run_dir(run_dir)
     if not lock.held:
         _claim(lock, run_dir)
     if overwrite and not resume and kept:
@@ -510,8 +524,8 @@ def execute(run: Run) -> dict[str, Any]:
         _stage(run, "data")
         if run.spec.data is not None:
             run.data = build_data(run)
-            run.log(f"data '{run.spec.data.type}': {len(run.data.train)} train / {len(run.data.test)} test, "
-                    f"images {tuple(run.data.info.image_shape)}")
+            run.log(f"data '{run.spec.data.type}': {num_examples(run.data.train)} train / "
+                    f"{num_examples(run.data.test)} test, images {tuple(run.data.info.image_shape)}")
         _stage(run, "model")
         run.model = _build_model(run)
         run.timings["setup"] = time.time() - t
