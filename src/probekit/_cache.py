@@ -68,7 +68,7 @@ class CachedArray:
         # first row of every shard (shards written by several ranks differ in size)
         self._starts = np.cumsum([0] + [s["rows"] for s in self._shards])
         self._row_bytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-        self._maps: dict[int, tuple[Any, mmap.mmap]] = {}
+        self._maps: dict[int, tuple[Any, mmap.mmap | None]] = {}  # shard -> (file, map; None: no rows)
         if verify:
             self.verify()
 
@@ -90,7 +90,10 @@ class CachedArray:
             size = self._shards[shard]["rows"] * self._row_bytes
             mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else None
             self._maps[shard] = (f, mm)
-        return self._maps[shard][1]
+        mm = self._maps[shard][1]
+        if mm is None:  # rows() never picks a shard without rows
+            raise IndexError(f"cache shard {shard} has no rows")
+        return mm
 
     def rows(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
         """Rows at `indices` as a new array of shape `(len(indices), *shape)`."""

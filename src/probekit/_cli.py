@@ -13,13 +13,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # exit 2 with a one-line hint, as argparse does, but consistently
+    def error(self, message: str) -> NoReturn:  # exit 2 with a one-line hint, as argparse does, but consistently
         self.print_usage(sys.stderr)
         print(f"probekit: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)

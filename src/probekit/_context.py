@@ -37,8 +37,8 @@ class RunContext(Protocol):
         device: the torch device the run computes on.
         resume: whether the run continues an earlier one (`--resume`).
         quiet: whether messages stay out of stderr (`--quiet`).
-        model: the frozen model's adapter, or None when the probe needs none.
-        data: the data bundle (train and test splits), or None without a `data:` section.
+        model: the frozen model's adapter, or None when the probe needs none (`require_model()` narrows it).
+        data: the data bundle (train and test splits), or None without a `data:` section (`require_data()`).
         probe: the probe being run.
     """
 
@@ -57,6 +57,12 @@ class RunContext(Protocol):
     model: ModelAdapter | None
     data: DataBundle | None
     probe: Probe | None
+
+    def require_model(self) -> ModelAdapter:
+        """The frozen model's adapter; a `RunError` when the run has none (its spec has no `model:`)."""
+
+    def require_data(self) -> DataBundle:
+        """The data bundle; a `RunError` when the run has none (its spec has no `data:`)."""
 
     def log(self, message: str) -> None:
         """Write a line to log.txt and, unless quiet, to stderr."""

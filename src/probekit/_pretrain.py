@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from probekit._adapter import ModelAdapter
 from probekit._cache import cache_key
+from probekit._errors import RunError
 
 if TYPE_CHECKING:
     from probekit._context import RunContext
@@ -25,20 +26,24 @@ def train_classifier(run: RunContext, adapter: ModelAdapter) -> dict[str, float]
     from probekit import _distributed as distributed
     from probekit._batchsize import resolve_batch_size
     from probekit._checkpoint import save_safetensors, write_checked_json
-    from probekit._data import SPLIT_VERSION, build_data
+    from probekit._data import SPLIT_VERSION, build_data, num_examples
     from probekit._distributed import rank_batches
     from probekit._spec import DataSpec
     from probekit._training import Trainer
 
+    if run.spec.model is None or run.spec.model.train is None:
+        raise ValueError("train_classifier: the spec has no model.train section")  # the runner checks first
     opts = run.spec.model.train
     if opts.data is not None:
         section = DataSpec.model_validate(opts.data)
         bundle = build_data(run, section, run.options["model.train.data"])
         data_id = {"type": section.type, "options": run.options["model.train.data"], "limit": section.limit,
                    "split": SPLIT_VERSION}
-    else:
+    elif run.data is not None:
         bundle = run.data
         data_id = run.data_fingerprint()
+    else:
+        raise RunError("model.train has no data: give model.train.data, or a data: section")
     key = cache_key(init=adapter.fingerprint(), train=opts.model_dump(), data=data_id, seed=run.seed)
     folder = run.cache_dir / "models"
     weights = folder / f"{key}.safetensors"
@@ -68,8 +73,8 @@ def train_classifier(run: RunContext, adapter: ModelAdapter) -> dict[str, float]
         opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     else:
         opt = torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
-    all_images = torch.stack([bundle.train[i][0] for i in range(len(bundle.train))])
-    all_labels = torch.stack([torch.as_tensor(bundle.train[i][1]) for i in range(len(bundle.train))])
+    all_images = torch.stack([bundle.train[i][0] for i in range(num_examples(bundle.train))])
+    all_labels = torch.stack([torch.as_tensor(bundle.train[i][1]) for i in range(num_examples(bundle.train))])
     validate = None
     if opts.keep == "best":  # a validation split of the training images, not trained on
         perm = torch.randperm(len(all_images), generator=torch.Generator().manual_seed(run.seed))
@@ -102,12 +107,11 @@ def train_classifier(run: RunContext, adapter: ModelAdapter) -> dict[str, float]
                       scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=opts.epochs)
                       if opts.lr_schedule == "cosine" else None)
     # batch_size auto: the largest batch that fits, searched once and kept in checkpoints/ for --resume
-    opts = opts.model_copy(update={"batch_size": resolve_batch_size(
-        run, "model.train", opts.batch_size, lambda b: step(torch.arange(b)), modules=[model],
-        maximum=len(images))})
-    n_batches = (len(images) + opts.batch_size - 1) // opts.batch_size
-    losses = trainer.fit(lambda g: rank_batches(len(images), opts.batch_size, g), step, total=n_batches,
-                         sharded=True)
+    batch_size = resolve_batch_size(run, "model.train", opts.batch_size, lambda b: step(torch.arange(b)),
+                                    modules=[model], maximum=len(images))
+    opts = opts.model_copy(update={"batch_size": batch_size})
+    n_batches = (len(images) + batch_size - 1) // batch_size
+    losses = trainer.fit(lambda g: rank_batches(len(images), batch_size, g), step, total=n_batches, sharded=True)
     best_epoch = trainer.restore_best() if opts.keep == "best" else None
     model.eval()
     from probekit._data import TensorImageDataset
