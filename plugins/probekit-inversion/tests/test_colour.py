@@ -86,17 +86,12 @@ def test_missing_perturbation_plugin_is_a_clear_error(tmp_path, monkeypatch):
     assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))  # failed before any training
 
 
-class _FakeRun:
-    def __init__(self, test):
-        self.data = type("D", (), {"test": test})()
-
-
 def test_box_and_data_masks():
     from probekit import TensorImageDataset
 
     images = torch.rand(3, 3, 10, 20)
     box = ColourOptions(box=(0.5, 0.0, 1.0, 0.5))
-    _, masks, source = colour_masks(_FakeRun(TensorImageDataset(images)), box, 2)
+    _, masks, source = colour_masks(TensorImageDataset(images), box, 2)
     assert source == "box" and masks.shape == (2, 1, 10, 20)
     assert masks[0, 0, :5, 10:].all() and masks[0].sum() == 50
 
@@ -104,7 +99,7 @@ def test_box_and_data_masks():
         masks = torch.zeros(3, 1, 10, 20, dtype=torch.bool)
 
     Masked.masks[1, 0, 2:4, 2:4] = True  # only image 1 has a non-empty mask
-    imgs, masks, source = colour_masks(_FakeRun(Masked(images)), ColourOptions(), 5)
+    imgs, masks, source = colour_masks(Masked(images), ColourOptions(), 5)
     assert source == "data" and len(imgs) == 1 and torch.equal(imgs[0], images[1]) and masks.sum() == 4
 
 
@@ -150,11 +145,11 @@ def test_coco_instance_masks(tmp_path):
     (tmp_path / "instances.json").write_text(json.dumps(ann))
     data = Subset(FolderDataset(files, [0, 0], size=20, channels=3), [0, 1])
     opts = ColourOptions(coco_annotations=str(tmp_path / "instances.json"), category="cat")
-    imgs, masks, source = colour_masks(_FakeRun(data), opts, 10)
+    imgs, masks, source = colour_masks(data, opts, 10)
     assert source == "coco" and len(imgs) == 1  # image 0 has only a dog
     m = masks[0, 0]  # the 40x80 mask resized to the 20x20 image
     assert m[:10, 10:].float().mean() > 0.9 and m[10:, :].sum() == 0 and m[:, :10].sum() == 0
     with pytest.raises(SpecError, match="no COCO category 'bird'"):
         colour_masks(
-            _FakeRun(data), ColourOptions(coco_annotations=str(tmp_path / "instances.json"), category="bird"), 10
+            data, ColourOptions(coco_annotations=str(tmp_path / "instances.json"), category="bird"), 10
         )

@@ -197,10 +197,10 @@ class LinearProbe(Probe):
 
     # -- fit -------------------------------------------------------------------------
     def fit(self, run: RunContext) -> None:
-        names = run.model.layer_names(self.layer_names)
+        names = run.require_model().layer_names(self.layer_names)
         feats = self._features(run, names, "train")
         labels = self._column(feats, "labels").long()
-        self.num_classes = max(run.data.info.num_classes, int(labels.max()) + 1)
+        self.num_classes = max(run.require_data().info.num_classes, int(labels.max()) + 1)
         if self.solver == "sgd":
             self._fit_sgd(run, names, feats, labels)
             return

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from probekit import RunContext, SpecError, num_examples, rgb_to_hsv
 
@@ -204,9 +205,9 @@ def _coco_masks(options: Any, ds: Any, indices: list[int], hw: tuple[int, int]) 
     return out
 
 
-def colour_masks(run: RunContext, options: Any, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Test images in [0, 1], their masks (N1HW, bool) and where the masks came from; empty masks skipped."""
-    test = run.data.test
+def colour_masks(test: Dataset, options: Any, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Images of the test split `test` in [0, 1], their masks (N1HW, bool) and where the masks came from;
+    empty masks skipped."""
     base, indices = _base_dataset(test)
     choice = options.mask
     if choice == "auto":
@@ -276,9 +277,9 @@ def colour(run: RunContext, probe: Any) -> dict[str, Any]:
     """
     from probekit_inversion.report import _plt, image_grid
 
-    model = run.model
+    model = run.require_model()
     perturbations = colour_perturbations(run, probe.colour)
-    images, masks, source = colour_masks(run, probe.colour, probe.colour.images)
+    images, masks, source = colour_masks(run.require_data().test, probe.colour, probe.colour.images)
     if images.shape[1] != 3:
         raise SpecError(
             f"the colour analysis needs RGB images; the data has {images.shape[1]} channel(s)",

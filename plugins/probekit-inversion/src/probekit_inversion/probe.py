@@ -174,7 +174,7 @@ class InversionProbe(Probe):
 
     def plan(self, run: RunContext) -> None:
         """Resolve layers (depth order), the input site and the architecture (with adapters' suggestions)."""
-        model = run.model
+        model = run.require_model()
         layers = model.layers()
         order = {layer.name: i for i, layer in enumerate(layers)}
         self.positions = order
@@ -546,7 +546,7 @@ class InversionProbe(Probe):
 
     def to_image(self, run: RunContext, inputs: torch.Tensor) -> torch.Tensor:
         """Model-ready inputs (or reconstructions of them) -> images in [0, 1]."""
-        return run.model.postprocess(inputs).clamp(0, 1)
+        return run.require_model().postprocess(inputs).clamp(0, 1)
 
     def metric_set(self, run: RunContext) -> dict[str, Any]:
         """The image metrics: the spec's list, or mse/psnr/ssim (+ lpips when a plugin registers it)."""
@@ -617,7 +617,7 @@ class InversionProbe(Probe):
 
     def model_accuracy(self, run: RunContext, test: Any) -> float | None:
         """Top-1 accuracy of the frozen model on the test split (None when it has no class logits)."""
-        model = run.model
+        model = run.require_model()
         correct = total = 0
         with torch.no_grad():
             for idx in torch.arange(len(test)).split(run.spec.data.batch_size if run.spec.data else 64):

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from probekit import Probe, RunContext, write_json
+from probekit import Probe, RunContext, num_examples, write_json
 from probekit_perturb.options import PerturbationSpec
 from probekit_perturb.perturbations import InRegion
 from probekit_perturb.representation import CKA, Cosine, FlipRate, LogitDistance
@@ -66,8 +66,9 @@ class RobustnessProbe(Probe):
 
     # -- data -------------------------------------------------------------------------------
     def _examples(self, run: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
-        dataset = run.data.train if self.split == "train" else run.data.test
-        n = len(dataset) if self.limit is None else min(self.limit, len(dataset))
+        data = run.require_data()
+        dataset = data.train if self.split == "train" else data.test
+        n = num_examples(dataset) if self.limit is None else min(self.limit, num_examples(dataset))
         images, labels = [], []
         for x, y in run.loader(torch.utils.data.Subset(dataset, range(n))):
             images.append(x)
@@ -75,16 +76,17 @@ class RobustnessProbe(Probe):
         return torch.cat(images), torch.cat(labels)
 
     def _states(self, run: RunContext, images: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
+        model = run.require_model()
         with torch.no_grad():
-            output, states = run.model.capture(run.model.preprocess(images.to(run.device)), layers)
-        return run.model.logits(output), {k: pool(v, self.pool) for k, v in states.items()}
+            output, states = model.capture(model.preprocess(images.to(run.device)), layers)
+        return model.logits(output), {k: pool(v, self.pool) for k, v in states.items()}
 
     # -- the probe -------------------------------------------------------------------------------
     def evaluate(self, run: RunContext) -> dict[str, Any]:
         from probekit import create_perturbation
 
-        run.model.model.eval()
-        layers = run.model.layer_names(self.layer_names)
+        run.require_model().model.eval()
+        layers = run.require_model().layer_names(self.layer_names)
         images, labels = self._examples(run)
         batch = run.spec.data.batch_size if run.spec.data else 64
         batches = [slice(i, i + batch) for i in range(0, len(images), batch)]
