@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import probekit
 from probekit import (
     CorruptCheckpointError,
     load_safetensors,
@@ -22,7 +21,7 @@ from probekit import (
     save_safetensors,
     write_checked_json,
 )
-from probekit.testing import damage_and_resume, flip_byte
+from probekit.testing import damage_and_resume, finished_run, flip_byte, read_metrics, unmatched_files
 
 SPEC = {
     "name": "damage", "seed": 0, "device": "cpu",
@@ -51,50 +50,30 @@ NOT_STATE = ["{cache}/features/*.lock"]
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A finished run and its own cache: (run directory, cache folder, results)."""
-    root = tmp_path_factory.mktemp("finished")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PROBEKIT_CACHE", str(root / "cache"))
-        results = probekit.run(SPEC, root / "run")
-    return root / "run", root / "cache", results
-
-
-def _expand(patterns, cache):
-    return [p.format(cache=cache) for p in patterns]
-
-
-def _glob(pattern: str, run_dir: Path) -> set[Path]:
-    """The files of a pattern of KINDS: relative to the run directory, or absolute."""
-    if Path(pattern).is_absolute():
-        return set(Path("/").glob(pattern.lstrip("/")))
-    return set(run_dir.glob(pattern))
+    """A finished run and its own cache: (run directory, cache folder)."""
+    return finished_run(SPEC, tmp_path_factory.mktemp("finished"))
 
 
 def test_the_model_learned_and_every_file_kind_is_covered(finished):
-    run_dir, cache, results = finished
+    run_dir, cache = finished
+    results = read_metrics(run_dir)
     assert results["model_train"]["test_accuracy"] > 0.8  # a real, trained model
     assert results["accuracy"]["2"] > 0.8
-    covered = set()
-    for pattern in _expand([p for damage, _, _ in KINDS.values() for p in damage] + NOT_STATE, cache):
-        covered |= _glob(pattern, run_dir)
-    state = [p for folder in (run_dir / "checkpoints", cache) for p in folder.rglob("*") if p.is_file()]
-    assert state and set(state) <= covered, sorted(map(str, set(state) - covered))
+    patterns = [p for damage, _, _ in KINDS.values() for p in damage] + NOT_STATE
+    in_cache = [p.removeprefix("{cache}/") for p in patterns if p.startswith("{cache}/")]
+    assert unmatched_files(run_dir, [p for p in patterns if not p.startswith("{cache}/")]) == []
+    assert unmatched_files(cache, in_cache, below=".") == []
+    assert (run_dir / "checkpoints").is_dir() and (cache / "models").is_dir()
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_a_flipped_byte_is_logged_and_recomputed(kind, finished, tmp_path, monkeypatch):
-    run_dir, cache, reference = finished
-    work_cache = tmp_path / "cache"
+def test_a_flipped_byte_is_logged_and_recomputed(kind, finished, tmp_path):
+    run_dir, cache = finished
+    work_cache = tmp_path / "cache"  # the cache is damaged too: a copy
     shutil.copytree(cache, work_cache)
-    monkeypatch.setenv("PROBEKIT_CACHE", str(work_cache))
     damage, remove, says = KINDS[kind]
-    results, log, damaged = damage_and_resume(SPEC, run_dir, tmp_path / "run", _expand(damage, work_cache),
-                                              remove=_expand(remove, work_cache))
-    assert results == reference
-    for path in damaged:
-        assert path.name in log, (path.name, log)
-    assert says in log, log
-    assert (tmp_path / "run" / "results.csv").read_text() == (run_dir / "results.csv").read_text()
+    damage_and_resume(SPEC, run_dir, tmp_path / "run", [p.format(cache=work_cache) for p in damage],
+                      remove=[p.format(cache=work_cache) for p in remove], expect=says, cache=work_cache)
 
 
 # -- the helpers every checkpoint of a plugin uses -----------------------------------------------------

@@ -133,23 +133,45 @@ def flip_byte(path: Any, where: float = 0.5) -> None:
     Path(path).write_bytes(bytes(data))
 
 
-def damage_and_resume(spec: Any, finished: Any, work: Any, damage: Sequence[str], *,
-                      remove: Sequence[str] = (), where: float = 0.5) -> tuple[dict[str, Any], str, list[Any]]:
-    """Resume a copy of a finished run after flipping a byte in some of its files.
+def finished_run(spec: Any, root: Any, *, memory: int | None = None) -> tuple[Any, Any]:
+    """Run `spec` into `root/run` with a cache of its own, `root/cache` (and, given `memory`, with
+    `batch_size: auto` seeing that many bytes available); returns both folders."""
+    from pathlib import Path
+
+    from probekit._runner import run
+
+    root = Path(root)
+    if pytest is None:
+        raise RuntimeError("finished_run needs pytest")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROBEKIT_CACHE", str(root / "cache"))
+        if memory is not None:
+            limit_memory(mp, memory)
+        run(spec, root / "run")
+    return root / "run", root / "cache"
+
+
+def damage_and_resume(spec: Any, finished: Any, work: Any, damage: Sequence[str], *, expect: str,
+                      remove: Sequence[str] = (), where: float = 0.5, cache: Any = None,
+                      memory: int | None = None) -> str:
+    """Damage a copy of a finished run, resume it, and check that the damage was found and repaired.
 
     Copies the run directory `finished` to `work`, flips one byte (`flip_byte`) in every file that
-    matches a glob pattern of `damage`, deletes every file that matches one of `remove` (so that
-    the run reads the damaged ones: a finished part is not read again on resume), and resumes
-    the run there. Patterns are relative to the run directory, or absolute (e.g. into the cache).
-    Returns the resumed run's results (`probekit.run`), the lines it added to log.txt and the
-    damaged files. Fails when a pattern of `damage` matches no file.
+    matches a glob pattern of `damage`, deletes every file that matches one of `remove` (so that the
+    run reads the damaged ones: a finished part is not read again on resume), and resumes the run
+    there with the cache `cache` (and `memory`, as `finished_run`). Patterns are relative to the run
+    directory, or absolute (e.g. into a copy of the cache). Asserts that the resumed run's metrics.json
+    (less its provenance) and results.csv equal the finished run's, and that the lines it added to
+    log.txt name every damaged file and contain `expect`; returns those lines.
     """
     import shutil
     from pathlib import Path
 
     from probekit._runner import run
 
-    work = Path(work)
+    if pytest is None:
+        raise RuntimeError("damage_and_resume needs pytest")
+    finished, work = Path(finished), Path(work)
     shutil.copytree(finished, work, symlinks=True)
 
     def matches(pattern: str) -> list[Path]:
@@ -160,8 +182,7 @@ def damage_and_resume(spec: Any, finished: Any, work: Any, damage: Sequence[str]
     damaged = []
     for pattern in damage:
         found = [p for p in matches(pattern) if p.is_file()]
-        if not found:
-            raise AssertionError(f"no file matches {pattern!r} to damage")
+        assert found, f"no file matches {pattern!r} to damage"
         for path in found:
             flip_byte(path, where)
         damaged += found
@@ -172,8 +193,30 @@ def damage_and_resume(spec: Any, finished: Any, work: Any, damage: Sequence[str]
             else:
                 path.unlink()
     before = (work / "log.txt").read_text()
-    results = run(spec, work, resume=True)
-    return results, (work / "log.txt").read_text()[len(before):], damaged
+    with pytest.MonkeyPatch.context() as mp:
+        if cache is not None:
+            mp.setenv("PROBEKIT_CACHE", str(cache))
+        if memory is not None:
+            limit_memory(mp, memory)
+        run(spec, work, resume=True)
+    log = (work / "log.txt").read_text()[len(before):]
+    assert read_metrics(work) == read_metrics(finished)
+    if (finished / "results.csv").exists():
+        assert (work / "results.csv").read_text() == (finished / "results.csv").read_text()
+    for path in damaged:
+        assert path.name in log, (path.name, log)
+    assert expect in log, (expect, log)
+    return log
+
+
+def unmatched_files(run_dir: Any, patterns: Sequence[str], below: str = "checkpoints") -> list[str]:
+    """The files below `run_dir/below` that match none of the glob `patterns` (relative to `run_dir`):
+    what a test that damages every kind of checkpoint file would leave untested."""
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    covered = {p for pattern in patterns for p in run_dir.glob(pattern)}
+    return sorted(str(p.relative_to(run_dir)) for p in (run_dir / below).rglob("*") if p.is_file() and p not in covered)
 
 
 def stop_when(spec: Any, run_dir: Any, pattern: str, timeout: float = 600) -> list[Any]:

@@ -13,12 +13,12 @@ results are checkpointed, so `--resume` continues after the last finished one.
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from probekit import Probe, RunContext, num_examples, write_json
+from probekit import CorruptCheckpointError, Probe, RunContext, num_examples, read_checked_json, write_checked_json
 from probekit_perturb.options import PerturbationSpec
 from probekit_perturb.perturbations import InRegion
 from probekit_perturb.representation import CKA, Cosine, FlipRate, LogitDistance
@@ -82,6 +82,22 @@ class RobustnessProbe(Probe):
         return model.logits(output), {k: pool(v, self.pool) for k, v in states.items()}
 
     # -- the probe -------------------------------------------------------------------------------
+    @staticmethod
+    def _saved_rows(run: RunContext, done: Path, label: str) -> list[dict[str, Any]] | None:
+        """The rows of perturbation `label` checkpointed in `done`, or None to compute them (no file
+        yet, or a damaged one: logged)."""
+        try:
+            saved = read_checked_json(done)
+        except FileNotFoundError:
+            return None
+        except CorruptCheckpointError as exc:
+            run.log(f"robustness: {exc}; computing '{label}' again")
+            return None
+        if saved.get("perturbation") != label or not isinstance(saved.get("rows"), list):
+            run.log(f"robustness: {done.name} holds another perturbation; computing '{label}' again")
+            return None
+        return saved["rows"]
+
     def evaluate(self, run: RunContext) -> dict[str, Any]:
         from probekit import create_perturbation
 
@@ -107,8 +123,9 @@ class RobustnessProbe(Probe):
                 perturb = InRegion(perturb, spec.region)
             done = run.checkpoint_dir / f"robustness-{i}.json"
             generator = run.generator(f"robustness:{label}")
-            if done.exists() and run.resume:
-                rows += json.loads(done.read_text())
+            saved = self._saved_rows(run, done, label) if run.resume else None
+            if saved is not None:
+                rows += saved
                 run.log(f"robustness: '{label}' resumed from its checkpoint")
                 if self.show:
                     first = perturb(images[batches[0]].to(run.device), generator=generator)
@@ -147,7 +164,7 @@ class RobustnessProbe(Probe):
             ]
             if self.attribution is not None:
                 new += self._attribution_rows(run, perturb, label, images, labels)
-            write_json(done, new)
+            write_checked_json(done, {"perturbation": label, "rows": new})
             rows += new
             summary = ", ".join(
                 f"{r['layer']}/{r['metric']} {r['value']:.3g}"
