@@ -28,10 +28,12 @@ from torch import nn
 
 from probekit import (
     BatchSizeOption,
+    CorruptCheckpointError,
     Probe,
     RunContext,
     SpecError,
     Trainer,
+    all_gather,
     epoch_seed,
     load_checkpoint,
     rank_batches,
@@ -334,6 +336,10 @@ class InversionProbe(Probe):
                 nn.utils.clip_grad_norm_(params, clip)
 
             opt.register_step_pre_hook(clip_gradients)
+        validated = self.val_rows is not None and len(self.val_rows) > 0
+        best_file = run.checkpoint_dir / (file + ".best")
+        if validated:
+            self._check_best_record(run, tag, best_file, run.checkpoint_dir / file)
         trainer = Trainer(
             modules,
             opt,
@@ -346,16 +352,18 @@ class InversionProbe(Probe):
         )
         assert self.train_rows is not None
         total = math.ceil(len(self.train_rows) / self.batch_size)
-        if self.val_rows is None or len(self.val_rows) == 0:
+        if not validated:
             self.train_losses[tag] = trainer.fit(batches, step, total=total, sharded=True)
             self.best_epoch[tag] = len(self.train_losses[tag])
             return
-        best_file = run.checkpoint_dir / (file + ".best")
-        record: dict[str, Any] = (
-            load_checkpoint(best_file)
-            if best_file.exists()
-            else {"val": [], "best": -1, "state": None, "stopped": False}
-        )
+        record: dict[str, Any] = {"val": [], "best": -1, "state": None, "stopped": False}
+        if best_file.exists():
+            saved = load_checkpoint(best_file)  # checked by _check_best_record
+            if len(saved["val"]) <= trainer.epoch:
+                record = saved
+            else:  # the training checkpoint was damaged and training starts again: so does the record
+                run.log(f"{tag}: the record of the best epoch is ahead of the training checkpoint (epoch "
+                        f"{trainer.epoch}); validating again from the start")
 
         def validate() -> None:
             for m in modules.values():
@@ -444,6 +452,24 @@ class InversionProbe(Probe):
             if self.target == "chained" and i > 0:
                 predicted = self._predict(run, feats, predicted, source.name, module)
         self.chain = InverseChain([m for m in steps if m is not None]).to(device).eval()
+
+    @staticmethod
+    def _check_best_record(run: RunContext, tag: str, best_file: Path, checkpoint: Path) -> None:
+        """A damaged record of the best epoch cannot be rebuilt from the training checkpoint (the best
+        weights may be of an earlier epoch): both are set aside and the module trains again from the
+        start (deterministic, so only time is lost). Rank 0 decides; the others wait for it."""
+        damaged = None
+        if _is_main() and best_file.exists():
+            try:
+                load_checkpoint(best_file)
+            except CorruptCheckpointError as exc:
+                checkpoint.unlink(missing_ok=True)  # first: a kill in between leaves the damaged record
+                aside = best_file.with_name(best_file.name + ".corrupt")
+                best_file.replace(aside)
+                damaged = f"{exc}; moved to {aside.name}"
+        damaged = all_gather(damaged)[0]  # also a barrier: the files are read after rank 0 set them aside
+        if damaged is not None:
+            run.log(f"{tag}: {damaged}; training this module again from the start")
 
     def _mean_over(self, rows: torch.Tensor | None, loss: Any) -> float:
         """The mean of a per-batch mean loss over `rows`, weighted by batch size."""
