@@ -137,7 +137,10 @@ class Trainer:
             # A damaged checkpoint is moved aside and training starts again (deterministic, so the
             # results are the same; only time is lost).
             aside = self.checkpoint.with_name(self.checkpoint.name + ".corrupt")
-            self.checkpoint.replace(aside)
+            try:
+                self.checkpoint.replace(aside)
+            except FileNotFoundError:  # another process of a distributed run moved it first
+                pass
             self.log(f"{self.name}: {exc}; moved to {aside.name}, training again from the start")
             return
         for name, module in self.modules.items():
