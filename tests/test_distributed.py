@@ -62,7 +62,7 @@ EXAMPLES = {
                                             "data.test_fraction=0.5", "seeds=[0]", "threads=1"]),
     "mamba-length": ("probekit_mamba", ["probe.epochs=1", "probe.steps_per_epoch=6", "probe.eval_images=32",
                                         "probe.variants=[mamba,transformer]", "probe.eval_lengths=[8,16]",
-                                        "probe.prefix_lengths=[4]", "data.limit=512"]),
+                                        "probe.prefix_lengths=[4]", "data.limit=512", "seeds=[0]"]),
 }
 
 

@@ -16,8 +16,7 @@ writes the findings, each a comparison of intervals with its effect size.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -160,23 +159,11 @@ class LengthGeneralizationProbe(Probe):
                 "prefix_lengths": o.resolved_prefix_lengths()}
 
     # -- training --------------------------------------------------------------------------
-    @contextmanager
-    def _threads(self) -> Iterator[None]:
-        before = torch.get_num_threads()
-        if self.options.threads is not None:
-            torch.set_num_threads(self.options.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
     def fit(self, run: RunContext) -> None:
-        with self._threads():
-            self._fit(run)
+        self._fit(run)
 
     def evaluate(self, run: RunContext) -> dict[str, Any]:
-        with self._threads():
-            return self._evaluate(run)
+        return self._evaluate(run)
 
     def _fit(self, run: RunContext) -> None:
         o = self.options

@@ -62,15 +62,15 @@ class LengthGenOptions(Options):
     weight_decay: float = Field(0.0, ge=0)
     eval_images: int = Field(256, ge=1, description="Test images evaluated at every length.")
     eval_batch_size: int = Field(128, ge=1)
-    threads: int | None = Field(
-        None, ge=1, description="torch CPU threads while the probe runs (default: torch's); these models are "
-                                "tiny, and 1 thread avoids spin-waiting on a busy machine.")
 
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data: Any) -> Any:
         if isinstance(data, dict) and "clip_grad" in data:
             raise ValueError("`clip_grad` is now `grad_clip` (the name model.train and every training probe use)")
+        if isinstance(data, dict) and "threads" in data:
+            raise ValueError("`threads` is now the spec's top-level `threads:` (one setting for the whole run, "
+                             "model.train and every probe)")
         return data
 
     @field_validator("train_lengths")
