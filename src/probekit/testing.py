@@ -308,3 +308,16 @@ if pytest is not None:
         path = tmp_path_factory.getbasetemp() / "probekit-cache"
         monkeypatch.setenv("PROBEKIT_CACHE", str(path))
         yield path
+
+    @pytest.fixture
+    def one_torch_thread() -> Iterator[None]:
+        """One torch thread for the test (tiny models: more threads only spin-wait on a shared machine).
+
+        Use it in a test module with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+        """
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(before)

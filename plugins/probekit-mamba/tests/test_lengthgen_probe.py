@@ -18,14 +18,7 @@ from probekit.testing import execute_run as execute
 from probekit.testing import limit_memory
 from probekit.testing import prepare_run as prepare
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spin-waiting on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models
 
 def tiny_spec(**probe):
     options = {"type": "length-generalization", "variants": ["mamba", "transformer"],

@@ -10,13 +10,7 @@ from probekit_mamba import _kernel
 from probekit import load_spec
 from probekit.testing import execute_run, prepare_run
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models
 
 
 @pytest.mark.skipif(not _kernel.available(), reason="the fused scan kernel is unavailable here")

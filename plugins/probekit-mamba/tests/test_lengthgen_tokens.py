@@ -23,13 +23,7 @@ SMALL = {"channels": 1, "patch": 2, "d_model": 8, "n_layers": 2, "state_size": 4
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spin-waiting on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models
 
 def test_extract_patches_equals_slicing():
     g = torch.Generator().manual_seed(0)

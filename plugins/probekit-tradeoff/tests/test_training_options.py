@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from probekit import SpecError, load_spec
 from probekit.testing import execute_run as execute
@@ -16,12 +15,7 @@ from probekit.testing import prepare_run as prepare
 POINT = "tradeoff-fc-medium-L64-lam0.0"  # the one sweep point of _spec()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models
 
 
 def _spec(**probe: Any) -> dict[str, Any]:
