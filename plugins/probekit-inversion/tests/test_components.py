@@ -22,7 +22,7 @@ from probekit import SpecError, create_model
 
 def planned(adapter, **options) -> InversionProbe:
     probe = InversionProbe(granularity="component", **options)
-    probe.plan(SimpleNamespace(model=adapter, log=lambda message: None))
+    probe.plan(SimpleNamespace(model=adapter, require_model=lambda: adapter, log=lambda message: None))
     return probe
 
 
