@@ -1,6 +1,7 @@
 """Every shipped example, run as shipped, against the time budget in its header (`# minutes: N`).
 
-Each example runs once as `probekit run examples/<name>.yaml` in a fresh run directory with a fresh
+Each example runs once as `probekit run examples/<name>.yaml` (with the `--set` options of its header's
+`# offline:` line, where the example needs a local file offline) in a fresh run directory with a fresh
 (cold) cache, as a new user's first run would; the wall time and the CPU time of the run (the child
 process and its children) are printed beside the budget. The machine's load average is printed before
 and after each run, since on a shared machine other work slows the runs down.
@@ -14,6 +15,7 @@ import argparse
 import os
 import re
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -29,13 +31,19 @@ def budget_minutes(spec: Path) -> float | None:
     return float(m[1]) if m else None
 
 
+def offline_overrides(spec: Path) -> list[str]:
+    """The `--set` options an example's header gives for running offline (`# offline: --set ...`)."""
+    m = re.search(r"^# offline: (.*)$", spec.read_text(), flags=re.M)
+    return shlex.split(m[1]) if m else []
+
+
 def run_example(spec: Path, work: Path) -> tuple[float, float, int, str]:
     """Run one example cold; return (wall s, CPU s, exit status, the last lines of stderr)."""
     env = {**os.environ, "PROBEKIT_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "probekit", "run", str(spec), "-o", str(work / "run"), "-q"],
-                         capture_output=True, text=True, env=env, cwd=ROOT)
+    res = subprocess.run([sys.executable, "-m", "probekit", "run", str(spec), "-o", str(work / "run"), "-q",
+                          *offline_overrides(spec)], capture_output=True, text=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
