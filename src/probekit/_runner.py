@@ -609,11 +609,9 @@ def _execute_seeds(run: Run) -> dict[str, Any]:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         run.figures_dir.mkdir(exist_ok=True)
         ckpt.write_text(run.run_dir / "spec.yaml", resolved_spec_text(run.loaded))
-        log_path = run.run_dir / "log.txt"
-        if run.shard is not None:  # each part its own log: parts on other machines write at the same time
-            log_path = run.shard.log_path(run.run_dir)
-            log_path.parent.mkdir(exist_ok=True)
-        run._log_file = files.open_append(log_path)
+        # each part its own log: parts on other machines write at the same time
+        run._log_file = run.shard.open_log(run.run_dir) if run.shard is not None else \
+            files.open_append(run.run_dir / "log.txt")
     else:
         run.quiet = True
     start = time.time()
@@ -727,15 +725,12 @@ def _run_seeds_in_processes(run: Run, seeds: list[int], processes: int) -> None:
 def seed_part(run_dir: str, index: str, count: str, mode: str) -> int:
     """A child process of `seed_processes`: run part `index` of `count` of the seeds of the run
     directory's spec (the parent holds the directory's lock and combines the parts)."""
-    from probekit import _files as files
     from probekit._shards import Shard, load_run_spec
 
     loaded = load_run_spec(Path(run_dir))
     run = Run(loaded, Path(run_dir), quiet=True, resume=mode == "resume")
     run.shard = Shard(int(index), int(count))
-    log = run.shard.log_path(run.run_dir)
-    log.parent.mkdir(exist_ok=True)
-    run._log_file = files.open_append(log)
+    run._log_file = run.shard.open_log(run.run_dir)
     try:
         _run_seeds(run, run.shard.seeds(list(loaded.spec.seeds or [])))
     finally:

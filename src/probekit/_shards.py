@@ -57,6 +57,14 @@ class Shard:
     def log_path(self, run_dir: Path) -> Path:
         return run_dir / SHARDS_DIR / f"{self.name}.log"
 
+    def open_log(self, run_dir: Path) -> Any:
+        """This part's log, opened for appending (its folder made first)."""
+        from probekit._files import open_append
+
+        path = self.log_path(run_dir)
+        path.parent.mkdir(exist_ok=True)
+        return open_append(path)
+
 
 def check_shard(shard: Shard, seeds: list[int] | None) -> None:
     """Refuse a shard of a spec that has fewer parts than `shard.count` (exit 2)."""
