@@ -284,10 +284,11 @@ class FeatureCache:
         try:
             self._remove_stale([keys[n] for n in missing])
             still = [n for n in missing if not self.has(keys[n])]
-            if still:
-                self._write({n: keys[n] for n in still}, compute, dtype, info or {})
+            written = self._write({n: keys[n] for n in still}, compute, dtype, info or {}) if still else set()
             for n in missing:
-                result[n] = self.open(keys[n])
+                # An entry this process has just written was hashed as it was written: reading it
+                # back to hash it again would only cost time.
+                result[n] = CachedArray(self.path(keys[n]), verify=n not in written)
         finally:
             for lock in reversed(locks):
                 lock.release()
@@ -397,9 +398,11 @@ class FeatureCache:
         os.replace(folder, final)
 
     def _write(self, keys: Mapping[str, str], compute: Callable[[Sequence[str]], Iterator[Mapping[str, Any]]],
-               dtype: str, info: Mapping[str, Any]) -> None:
+               dtype: str, info: Mapping[str, Any]) -> set[str]:
+        """Compute and write the entries of `keys`; returns the names whose entry is the one written here."""
         tmp = {n: self.root / f".{k}.{uuid.uuid4().hex[:8]}.tmp" for n, k in keys.items()}
         writers: dict[str, _Writer] = {}
+        written = set()
         try:
             for n, folder in tmp.items():
                 folder.mkdir(parents=True)
@@ -414,9 +417,11 @@ class FeatureCache:
                 else:
                     _remove(final)  # an incomplete entry, or a file where the entry belongs
                     os.replace(tmp[n], final)
+                    written.add(n)
         finally:
             for folder in tmp.values():
                 shutil.rmtree(folder, ignore_errors=True)
+        return written
 
 
 def _complete(entry: Path) -> bool:
