@@ -421,8 +421,8 @@ def report_section(c: Curves, found: dict[str, Any], *, has_reconstructions: boo
         "logistic regression fitted afterwards on the frozen final latent; *(peak)*: the λ of the highest mean "
         "accuracy.",
         "",
-        "**The curves** (per seed, the best λ is that seed's highest accuracy; the drop runs from it to the "
-        "largest λ):",
+        "**The curves** (per seed, the best λ is that seed's highest accuracy, so the rise to it cannot be "
+        "negative: a description, not a test; the drop runs from it to the largest λ):",
         "",
     ]
     for (family, L), cv in c.curves.items():
