@@ -52,6 +52,14 @@ def test_an_interval_rounds_its_mean_to_its_precision():
     assert fmt({"mean": 0.5, "std": None, "ci95": None, "n": 1}) == "0.5 (n=1)"
 
 
+def test_an_interval_of_seeds_that_agree_shows_no_float_noise():
+    # three seeds with the same value: the float sum leaves a spread of 3.4e-16, not a precision
+    assert fmt({"mean": 0.84500000000000008, "std": 2e-16, "ci95": 3.4e-16, "n": 3}) == "0.845 ± 0 (n=3)"
+    # a tiny but real spread: at most 6 significant digits of the mean, exponents outside 1e-4..1e6
+    assert fmt({"mean": 0.9712345, "std": 1e-7, "ci95": 3.1e-7, "n": 3}) == "0.971235 ± 3.1e-07 (n=3)"
+    assert fmt({"mean": 2.5e-6, "std": 1e-7, "ci95": 3e-7, "n": 3}) == "2.50e-06 ± 3e-07 (n=3)"
+
+
 def test_summary_line_natural_order_and_whole_entries():
     line = summary_line({"acc": {"11": 0.5, "2": 0.25, "block": "x"}, "ok": True, "per_seed": {"0": {"a": 1}}})
     assert line == "acc.2=0.25, acc.11=0.5"  # text and booleans are not numbers of the summary

@@ -49,13 +49,25 @@ def rounded(value: float, digits: int = 4) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+def _is_noise(value: float, error: float) -> bool:
+    """Whether `error` is only floating-point noise on `value` (seeds that agree exactly sum to a
+    spread such as 3.4e-16)."""
+    return error <= 1e-9 * abs(value)
+
+
 def _at_precision_of(value: float, error: float) -> str:
-    """`value` rounded to the decimal place of `error`'s second significant digit."""
+    """`value` rounded to the decimal place of `error`'s second significant digit (at most 6
+    significant digits)."""
     import math
 
-    if not math.isfinite(value) or not math.isfinite(error) or error <= 0:
+    if not math.isfinite(value) or not math.isfinite(error) or error <= 0 or _is_noise(value, error):
         return rounded(value)
     decimals = 1 - math.floor(math.log10(error))
+    if value != 0:
+        magnitude = math.floor(math.log10(abs(value)))
+        decimals = min(decimals, 5 - magnitude)
+        if not -4 <= magnitude < 6:  # as `rounded`: an exponent outside 1e-4 to 1e6
+            return f"{value:.{max(magnitude + decimals, 0)}e}"
     return f"{value:.{decimals}f}" if decimals > 0 else f"{round(value, decimals):.0f}"
 
 
@@ -71,7 +83,8 @@ def fmt(value: Any) -> str:
         if mean is None:
             return f"– (n={value['n']})"
         if value["n"] > 1 and ci is not None:
-            return f"{_at_precision_of(mean, ci)} ± {rounded(ci, 2)} (n={value['n']})"
+            spread = "0" if _is_noise(mean, ci) else rounded(ci, 2)
+            return f"{_at_precision_of(mean, ci)} ± {spread} (n={value['n']})"
         return f"{fmt(mean)} (n={value['n']})"
     return str(value)
 
