@@ -269,9 +269,12 @@ def figures(run: RunContext, c: Curves, title: str) -> None:
         ax.errorbar([iv.mean for iv in mse], [iv.mean for iv in acc], xerr=_err(mse), yerr=_err(acc),
                     color=colors[L], marker=MARKERS[i % len(MARKERS)], ls=STYLES[i % len(STYLES)], ms=5,
                     capsize=2, lw=1.3, label=label(family, L))
-        for lam, a, m in zip(cv.lambdas, acc, mse):
-            ax.annotate(f"λ={lam:g}", (m.mean, a.mean), textcoords="offset points", xytext=(4, 3), fontsize=6.5,
-                        color=colors[L])
+        for k, (lam, a, m) in enumerate(zip(cv.lambdas, acc, mse)):
+            # right-above and left-below in turn: neighbouring λ often lie close together along the curve
+            ax.annotate(f"λ={lam:g}", (m.mean, a.mean), textcoords="offset points",
+                        xytext=(5, 4) if k % 2 == 0 else (-5, -10), ha="left" if k % 2 == 0 else "right",
+                        fontsize=6.5, color=colors[L], zorder=6,
+                        bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
     for (kind, L), d in c.baselines.items():
         ax.scatter([d["test_mse"].mean], [d["accuracy"].mean], marker="*" if kind == "pca" else "X", s=90,
                    color=colors.get(L, "grey"), edgecolor="black", linewidth=0.6, zorder=5)
