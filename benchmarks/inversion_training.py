@@ -174,18 +174,18 @@ def measure(args: argparse.Namespace, depth: int) -> tuple[int, float, float, bo
         f"{len(names)} inverse modules, {epochs} epochs each, batch {bs}, torch threads {torch.get_num_threads()}"
     )
 
+    def compute(wanted: list[str]) -> Any:
+        """The one frozen pass: batches of `{name: states}` (and the input), in dataset order."""
+        for idx in torch.arange(len(images)).split(128):
+            x = load(idx)
+            st = states_of(x, [n for n in wanted if n != "input"])
+            st["input"] = x
+            yield st
+
     # 1. modular with the feature cache (a fresh cache each time: extraction included)
     def cached_run(tmp: str) -> tuple[float, float, float, float, list[float], list[Any], Any]:
         t0, c0 = time.perf_counter(), time.process_time()
         cache = FeatureCache(tmp)
-
-        def compute(wanted: list[str]) -> Any:
-            for idx in torch.arange(len(images)).split(128):
-                x = load(idx)
-                st = states_of(x, [n for n in wanted if n != "input"])
-                st["input"] = x
-                yield st
-
         keys = {n: cache_key(layer=n, bench=args.seed, depth=depth, n=args.n) for n in all_names}
         feats = FeatureSet(cache.get(keys, compute))
         t_extract = time.perf_counter() - t0
@@ -208,10 +208,7 @@ def measure(args: argparse.Namespace, depth: int) -> tuple[int, float, float, bo
     def memory_run() -> tuple[float, float, list[float]]:
         t0 = time.perf_counter()
         held: dict[str, list[torch.Tensor]] = {n: [] for n in all_names}
-        for idx in torch.arange(len(images)).split(128):
-            x = load(idx)
-            st = states_of(x, names)
-            st["input"] = x
+        for st in compute(all_names):
             for n in all_names:
                 held[n].append(st[n])
         in_memory = {n: torch.cat(v) for n, v in held.items()}

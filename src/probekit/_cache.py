@@ -250,8 +250,10 @@ class FeatureCache:
     def has(self, key: str) -> bool:
         return (self.path(key) / "manifest.json").exists()
 
-    def open(self, key: str) -> CachedArray:
-        return CachedArray(self.path(key))
+    def open(self, key: str, *, verify: bool = True) -> CachedArray:
+        """The entry `key`; `verify=False` skips hashing its shards again (for an entry this process
+        has just written and hashed)."""
+        return CachedArray(self.path(key), verify=verify)
 
     def get(self, keys: Mapping[str, str], compute: Callable[..., Iterator[Mapping[str, Any]]],
             *, dtype: str = "float32", info: Mapping[str, Any] | None = None,
@@ -288,7 +290,7 @@ class FeatureCache:
             for n in missing:
                 # An entry this process has just written was hashed as it was written: reading it
                 # back to hash it again would only cost time.
-                result[n] = CachedArray(self.path(keys[n]), verify=n not in written)
+                result[n] = self.open(keys[n], verify=n not in written)
         finally:
             for lock in reversed(locks):
                 lock.release()

@@ -60,7 +60,7 @@ def _at_precision_of(value: float, error: float) -> str:
     significant digits)."""
     import math
 
-    if not math.isfinite(value) or not math.isfinite(error) or error <= 0 or _is_noise(value, error):
+    if not math.isfinite(value) or not math.isfinite(error) or error <= 0:
         return rounded(value)
     decimals = 1 - math.floor(math.log10(error))
     if value != 0:
@@ -83,8 +83,9 @@ def fmt(value: Any) -> str:
         if mean is None:
             return f"– (n={value['n']})"
         if value["n"] > 1 and ci is not None:
-            spread = "0" if _is_noise(mean, ci) else rounded(ci, 2)
-            return f"{_at_precision_of(mean, ci)} ± {spread} (n={value['n']})"
+            if _is_noise(mean, ci):
+                return f"{rounded(mean)} ± 0 (n={value['n']})"
+            return f"{_at_precision_of(mean, ci)} ± {rounded(ci, 2)} (n={value['n']})"
         return f"{fmt(mean)} (n={value['n']})"
     return str(value)
 

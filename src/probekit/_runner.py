@@ -609,9 +609,10 @@ def _execute_seeds(run: Run) -> dict[str, Any]:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         run.figures_dir.mkdir(exist_ok=True)
         ckpt.write_text(run.run_dir / "spec.yaml", resolved_spec_text(run.loaded))
-        # each part its own log: parts on other machines write at the same time
-        run._log_file = run.shard.open_log(run.run_dir) if run.shard is not None else \
-            files.open_append(run.run_dir / "log.txt")
+        if run.shard is not None:  # each part its own log: parts on other machines write at the same time
+            run._log_file = run.shard.open_log(run.run_dir)
+        else:
+            run._log_file = files.open_append(run.run_dir / "log.txt")
     else:
         run.quiet = True
     start = time.time()
